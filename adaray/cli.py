@@ -1,0 +1,146 @@
+"""The `adaray` command: one entry point with subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from adaray.config import ConfigError, load_yaml
+from adaray.model import AdaSFFuse, ModelConfig
+from adaray.runtime import configure_allocator
+from adaray.tasks import TASKS
+
+VERSIONED_PACKAGES = ("torch", "numpy", "ray", "mlflow", "albumentations",
+                      "opencv-python-headless", "scikit-image", "scipy", "mamba-ssm")
+
+
+def _package_version(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _model_config(path: str | None) -> ModelConfig:
+    return load_yaml(ModelConfig, path) if path else ModelConfig()
+
+
+def _build_model(cfg: ModelConfig, seed: int) -> AdaSFFuse:
+    torch.manual_seed(seed)
+    return AdaSFFuse(cfg).eval()
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Versions, device, active SSD kernel, and the size (and with --model the speed) of a model."""
+    from adaray import __version__
+    from adaray.model.profile import count_flops, count_parameters, measure_latency
+    from adaray.model.ssd import active_ssd_backend
+
+    cfg = _model_config(args.config)
+    print(f"adaray {__version__}  (python {platform.python_version()}, {platform.machine()})")
+    for name in VERSIONED_PACKAGES:
+        print(f"  {name:24s} {_package_version(name)}")
+    print(f"device: cpu ({torch.get_num_threads()} torch threads)", end="")
+    if torch.cuda.is_available():
+        print(f"; cuda: {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}")
+    else:
+        print("; cuda: not available")
+    print(f"allocator: glibc malloc without mmap/trim: {configure_allocator()}")
+    print(f"SSD kernel: cpu -> {active_ssd_backend('cpu')}", end="")
+    if torch.cuda.is_available():
+        print(f", cuda -> {active_ssd_backend('cuda')}", end="")
+    print(f"  (override with ADARAY_SSD=torch|triton; now {os.environ.get('ADARAY_SSD', 'auto')})")
+
+    model = _build_model(cfg, seed=0)
+    label = args.config or "default ModelConfig"
+    print(f"model ({label}): {count_parameters(model):,} parameters")
+    for size in args.sizes:
+        gflops = count_flops(cfg, size, size) / 1e9
+        print(f"  forward FLOPs at {size}x{size}: {gflops:,.1f} GFLOP")
+    if args.model:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        model = model.to(device)
+        for size in args.sizes:
+            latency = measure_latency(model, size, size, repeats=args.repeats)
+            print(f"  latency at {size}x{size} on {device.type}: {latency * 1000:,.0f} ms "
+                  f"(median of {args.repeats})")
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    """Fuse one pair (A B -o OUT.png) or every pair under --data (-o OUTDIR)."""
+    from adaray.data import discover_pairs, read_image, write_image
+    from adaray.fusion import fuse_arrays
+
+    model = _build_model(_model_config(args.config), seed=args.seed)
+    print("note: no trained weights given; fusing with an initialised (untrained) model "
+          f"(seed {args.seed})", file=sys.stderr)
+    out = Path(args.output)
+    if args.data:
+        if args.a or args.b:
+            raise SystemExit("adaray fuse: give either two images or --data, not both")
+        pairs = discover_pairs(args.data, args.task, a_dir=args.a_dir, b_dir=args.b_dir)
+        jobs = [(p.a_path, p.b_path, out / p.group / f"{p.stem}.png") for p in pairs]
+    else:
+        if not (args.a and args.b):
+            raise SystemExit("adaray fuse: give two images A B (or --data DIR)")
+        jobs = [(Path(args.a), Path(args.b), out)]
+    for index, (path_a, path_b, target) in enumerate(jobs, start=1):
+        start = time.perf_counter()
+        fused = fuse_arrays(model, read_image(path_a), read_image(path_b))
+        write_image(target, fused)
+        print(f"[{index}/{len(jobs)}] {path_a.name} + {path_b.name} -> {target} "
+              f"({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `adaray` command."""
+    parser = argparse.ArgumentParser(prog="adaray", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    info = sub.add_parser("info", help="versions, device, SSD kernel, model size")
+    info.add_argument("--model", action="store_true",
+                      help="also measure inference latency of the model")
+    info.add_argument("--config", help="ModelConfig YAML (default: the paper's config)")
+    info.add_argument("--sizes", type=int, nargs="+", default=[256, 512],
+                      help="square image sizes for FLOPs and latency (default: 256 512)")
+    info.add_argument("--repeats", type=int, default=3, help="latency repetitions (median)")
+    info.set_defaults(func=cmd_info)
+
+    fuse = sub.add_parser("fuse", help="fuse an image pair, or every pair in a folder")
+    fuse.add_argument("a", nargs="?", help="source A image")
+    fuse.add_argument("b", nargs="?", help="source B image")
+    fuse.add_argument("-o", "--output", required=True,
+                      help="output PNG (one pair) or folder (--data)")
+    fuse.add_argument("--task", choices=sorted(TASKS), default="ivf",
+                      help="fusion task (folder names for --data)")
+    fuse.add_argument("--data", help="folder to discover pairs in (see README, 'Data')")
+    fuse.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
+    fuse.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+    fuse.add_argument("--config", help="ModelConfig YAML (default: the paper's config)")
+    fuse.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    fuse.set_defaults(func=cmd_fuse)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `adaray` console script."""
+    args = build_parser().parse_args(argv)
+    configure_allocator()
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"adaray {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

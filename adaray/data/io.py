@@ -1,0 +1,157 @@
+"""Reading and writing images as float arrays in [0, 1].
+
+`read_image` is the one way adaray loads a source image (training, evaluation, serving). It
+decodes with OpenCV and returns float32 in [0, 1]: (H, W) for gray files, (H, W, 3) in RGB order
+for color files. 8-bit samples are scaled by 255, 16-bit ones by 65535. An alpha channel is
+dropped (not composited): fusion sources are opaque, and blending onto an invented background
+would change the pixels being fused. EXIF orientation is ignored, so both sources of a pair
+keep their stored pixel grids.
+
+Broken files fail loudly with `ImageReadError`, naming the file and the reason. Truncated JPEG,
+PNG and BMP files are detected from their structure before decoding (some OpenCV builds decode
+a cut JPEG into a partly grey image with only a log warning).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOI = b"\xff\xd8"
+_BMP_SIGNATURE = b"BM"
+_SAMPLE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+class ImageReadError(ValueError):
+    """An image file is missing, unreadable, truncated or not an image; the message names it."""
+
+
+def is_image_file(path: str | Path) -> bool:
+    """True when `path` has one of IMAGE_EXTENSIONS (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    """Walk the JPEG marker segments; True when the end-of-image marker is reached."""
+    size = len(data)
+    pos = 2  # after SOI
+    while pos + 1 < size:
+        if data[pos] != 0xFF:  # stray bytes between segments, tolerated as libjpeg does
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                return False
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+            continue
+        if marker == 0xD9:  # EOI
+            return True
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            pos += 2
+            continue
+        if pos + 4 > size:
+            return False
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if marker == 0xDA:  # start of scan: skip entropy-coded data up to the next marker
+            while True:
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= size:
+                    return False
+                follower = data[pos + 1]
+                if follower == 0x00 or 0xD0 <= follower <= 0xD7:  # stuffed byte or restart
+                    pos += 2
+                elif follower == 0xFF:
+                    pos += 1
+                else:
+                    break
+    return False
+
+
+def _png_is_complete(data: bytes) -> bool:
+    """Walk the PNG chunks; True when a whole IEND chunk is present."""
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        chunk_end = pos + 12 + length  # length, type, data, CRC
+        if chunk_end > len(data):
+            return False
+        if data[pos + 4 : pos + 8] == b"IEND":
+            return True
+        pos = chunk_end
+    return False
+
+
+def _truncation_reason(data: bytes) -> str | None:
+    """Why `data` looks cut short, or None when its format's structure is complete."""
+    if data.startswith(_JPEG_SOI):
+        return None if _jpeg_is_complete(data) else "truncated JPEG (no end-of-image marker)"
+    if data.startswith(_PNG_SIGNATURE):
+        return None if _png_is_complete(data) else "truncated PNG (no complete IEND chunk)"
+    if data.startswith(_BMP_SIGNATURE) and len(data) >= 6:
+        declared = int.from_bytes(data[2:6], "little")  # 0 is allowed by some writers
+        if declared and len(data) < declared:
+            return f"truncated BMP ({len(data)} of {declared} bytes)"
+    return None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image as float32 in [0, 1]: (H, W) gray or (H, W, 3) RGB.
+
+    Raises ImageReadError (a ValueError) naming the file for missing, empty, truncated, corrupt
+    or unsupported files.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageReadError(f"{path}: empty file")
+    reason = _truncation_reason(data)
+    if reason:
+        raise ImageReadError(f"{path}: {reason}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageReadError(f"{path}: not a readable image (unknown format or corrupt data)")
+    scale = _SAMPLE_SCALE.get(image.dtype)
+    if scale is None:
+        raise ImageReadError(f"{path}: unsupported sample type {image.dtype} (need 8 or 16 bit)")
+    if image.ndim == 3:  # OpenCV decodes color as BGR or BGRA (gray + alpha too): alpha dropped
+        if image.shape[2] not in (3, 4):
+            raise ImageReadError(f"{path}: unsupported channel count {image.shape[2]}")
+        image = image[:, :, 2::-1]
+    pixels = image.astype(np.float32)  # a contiguous copy, also of the channel-reversed view
+    pixels /= scale
+    return pixels
+
+
+def write_image(path: str | Path, image: np.ndarray) -> None:
+    """Write a float image in [0, 1], (H, W) gray or (H, W, 3) RGB, as an 8-bit PNG.
+
+    Values are clipped to [0, 1] and rounded to the nearest 8-bit level; parent folders are
+    created. The file name must end in .png.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"{path}: write_image writes PNG files; use a .png name")
+    array = np.asarray(image)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{path}: image has NaN or infinite values")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
+        raise ValueError(f"{path}: expected an (H, W) or (H, W, 3) image, got shape {array.shape}")
+    levels = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if levels.ndim == 3:
+        levels = np.ascontiguousarray(levels[:, :, ::-1])  # RGB -> BGR for OpenCV
+    ok, encoded = cv2.imencode(".png", levels)
+    if not ok:
+        raise ValueError(f"{path}: PNG encoding failed")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded.tobytes())

@@ -1,0 +1,52 @@
+"""ModelConfig: every hyperparameter of AdaSFFuse (MODEL.md) as a typed, validated field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adaray.config import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """AdaSFFuse hyperparameters; defaults are the paper's (MODEL.md, "Defaults")."""
+
+    channels: int = 64  # C: embedding width; the high band runs at 3C
+    n_hi: int = 2  # SF-Mamba blocks on the detail (high) band
+    n_lo: int = 2  # SF-Mamba blocks on the approximation (low) band
+    n_fuse: int = 4  # SF-Mamba blocks at full resolution
+    d_state: int = 64  # N: SSM state size per head
+    headdim: int = 64  # P: channels per SSD head; must divide expand * width
+    expand: int = 2  # d_inner = expand * width
+    ngroups: int = 1  # G: groups sharing B and C
+    chunk_size: int = 64  # SSD chunk length (a speed knob, not a math one)
+    mlp_ratio: int = 2  # gated MLP hidden width = mlp_ratio * width
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first invalid field."""
+        if self.channels < 4 or self.channels % 4:
+            raise ConfigError(f"channels: must be a positive multiple of 4, got {self.channels}")
+        for name in ("n_hi", "n_lo", "n_fuse"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        for name in ("d_state", "headdim", "expand", "ngroups", "chunk_size", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        for width in (self.channels, 3 * self.channels):
+            d_inner = self.expand * width
+            if d_inner % self.headdim:
+                raise ConfigError(
+                    f"headdim: {self.headdim} does not divide d_inner = expand * width = "
+                    f"{self.expand} * {width} = {d_inner}"
+                )
+            if (d_inner // self.headdim) % self.ngroups:
+                raise ConfigError(
+                    f"ngroups: {self.ngroups} does not divide the {d_inner // self.headdim} "
+                    f"heads of a width-{width} block"
+                )
+
+    def __post_init__(self) -> None:
+        self.validate()

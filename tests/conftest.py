@@ -1,0 +1,28 @@
+"""Shared test helpers: where the real fusion data and the bundled samples live.
+
+`SHARED_DATA` is the folder of real datasets (README: IVF/RoadScene, MEF/MEFB, MFF/MFIFB,
+MIF/Harvard-*): the environment variable ADARAY_SHARED_DATA, else `<repo>/../shared/data/fusion`.
+Tests that need it take the `shared_data` fixture (and carry the `shared_data` marker); they are
+skipped, with the reason, only where that folder is absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA: Path = Path(
+    os.environ.get("ADARAY_SHARED_DATA", REPO.parent / "shared" / "data" / "fusion")
+).resolve()
+SAMPLES: Path = REPO / "samples"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real-data folder; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real fusion data not found at {SHARED_DATA} (set ADARAY_SHARED_DATA)")
+    return SHARED_DATA
