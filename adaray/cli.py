@@ -76,7 +76,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     """Fuse one pair (A B -o OUT.png) or every pair under --data (-o OUTDIR)."""
-    from adaray.data import discover_pairs, read_image, write_image
+    from adaray.data import check_pairs, discover_pairs, read_image, write_image
     from adaray.fusion import fuse_arrays
 
     model = _build_model(_model_config(args.config), seed=args.seed)
@@ -87,6 +87,7 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if args.a or args.b:
             raise SystemExit("adaray fuse: give either two images or --data, not both")
         pairs = discover_pairs(args.data, args.task, a_dir=args.a_dir, b_dir=args.b_dir)
+        check_pairs(pairs)  # unreadable files and size mismatches fail before any work
         jobs = [(p.a_path, p.b_path, out / p.group / f"{p.stem}.png") for p in pairs]
     else:
         if not (args.a and args.b):

@@ -1,12 +1,13 @@
 """Time every fusion metric on one real triple at 768x576, on one thread.
 
-    python bench/metrics.py [--pair IVF|MFF|MEF|MIF] [--repeats N]
+    python bench/metrics.py [--pair IVF|MFF|MEF|MIF] [--fused mean|float] [--repeats N]
 
 Loads the first pair of the task from the shared data (ADARAY_SHARED_DATA, else
 <repo>/../shared/data/fusion), resizes both gray sources to 768x576 (width x height), fuses
-them by averaging and prints the best-of-N seconds of each metric, their total, one evaluate()
-call (which shares the SSIM moments), and the scikit-image / scikit-learn calls that SSIM and
-MI would otherwise cost.
+them by averaging (`float` adds a little noise, so that nearly every value is distinct, as in a
+network's output) and prints the best-of-N seconds of each metric, their total, one evaluate()
+call (what a sweep runs; it shares the SSIM moments), and the scikit-image / scikit-learn calls
+that SSIM and MI would otherwise cost.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def shared_data() -> Path:
     return Path(os.environ.get("ADARAY_SHARED_DATA", default))
 
 
-def load_triple(task: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+def load_triple(task: str, fused: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     folder, a_dir, b_dir = PAIRS[task]
     root = shared_data() / folder
     path_a = sorted((root / a_dir).iterdir())[0]
@@ -55,7 +56,10 @@ def load_triple(task: str) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         cv2.resize(read_gray(path), SIZE, interpolation=cv2.INTER_AREA).round()
         for path in (path_a, path_b)
     )
-    return path_a.stem, (A + B) / 2, A, B
+    F = (A + B) / 2
+    if fused == "float":
+        F = np.clip(F + np.random.default_rng(0).normal(0, 0.5, F.shape), 0, 255)
+    return path_a.stem, F, A, B
 
 
 def best_time(call: Callable[[], object], repeats: int) -> float:
@@ -90,12 +94,13 @@ def baselines(F: np.ndarray, A: np.ndarray, B: np.ndarray) -> dict[str, Callable
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pair", choices=sorted(PAIRS), default="IVF")
+    parser.add_argument("--fused", choices=["mean", "float"], default="mean")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     cv2.setNumThreads(1)
 
-    stem, F, A, B = load_triple(args.pair)
-    print(f"{args.pair} pair {stem!r} resized to {F.shape[1]}x{F.shape[0]}, F = (A + B) / 2, ")
+    stem, F, A, B = load_triple(args.pair, args.fused)
+    print(f"{args.pair} pair {stem!r} at {F.shape[1]}x{F.shape[0]}, fused: {args.fused}")
     print(f"one thread, best of {args.repeats}\n")
     print(f"{'metric':<24}{'seconds':>10}{'value':>14}")
     total = 0.0

@@ -271,15 +271,20 @@ def test_every_metric_function_matches_evaluate(shared_data):
 
 @pytest.mark.shared_data
 def test_ssim_matches_scikit_image_closely(shared_data):
+    # Here a box filter summing in another order than scipy's drifts by ~1e-10 at data_range 2.
     F, A, B = load_triple(shared_data, "MIF", "weighted")
     assert ssim(F, A, B) == pytest.approx(ref_ssim(F, A, B, 255), rel=0, abs=1e-10)
     assert ssim_dr2(F, A, B) == pytest.approx(ref_ssim(F, A, B, 2), rel=0, abs=1e-10)
 
 
 @pytest.mark.shared_data
-def test_mi_matches_sklearn_on_continuous_values(shared_data):
+@pytest.mark.parametrize("grid", [0.0, 1 / 1024], ids=["distinct", "repeating"])
+def test_mi_matches_sklearn_on_fine_valued_images(shared_data, grid):
+    # Too many joint values to count densely: with every F value distinct, and with repeats.
     _, A, B = load_triple(shared_data, "MIF", "mean")
-    F = A + np.random.default_rng(0).normal(0, 1, A.shape)  # every pixel value distinct
+    F = A + np.random.default_rng(0).normal(0, 4, A.shape)
+    if grid:
+        F = np.round(F / grid) * grid
     assert mi(F, A, B) == pytest.approx(ref_mi(F, A, B), rel=1e-10)
 
 
@@ -288,9 +293,9 @@ def test_mi_matches_sklearn_on_continuous_values(shared_data):
 
 @pytest.fixture
 def textured():
-    """Two different smooth-plus-noise sources, 64x80, gray values 0..255."""
+    """Two different smooth-plus-noise sources, 96x120 (VIF needs 81), gray values 0..255."""
     rng = np.random.default_rng(7)
-    y, x = np.mgrid[0:64, 0:80]
+    y, x = np.mgrid[0:96, 0:120]
     A = np.clip(np.round(128 + 60 * np.sin(x / 7) + rng.normal(0, 10, x.shape)), 0, 255)
     B = np.clip(np.round(128 + 60 * np.cos(y / 5) + rng.normal(0, 10, x.shape)), 0, 255)
     return A, B
@@ -351,7 +356,7 @@ def test_psnr_follows_its_definition():
 
 
 def test_vif_of_constant_images_is_one_per_source_without_warnings():
-    flat = np.full((64, 64), 100.0)
+    flat = np.full((96, 96), 100.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert vif(flat, flat, flat) == 2.0
@@ -370,6 +375,14 @@ def test_vif_is_finite_for_a_constant_fused_image(textured):
 def test_vif_of_an_image_with_itself_is_one(textured):
     A, _ = textured
     assert vif(A, A, A) == pytest.approx(2.0, rel=1e-9)  # the 1e-10 regulariser keeps it below
+
+
+def test_vif_needs_81_pixels_a_side_for_its_four_scales():
+    rng = np.random.default_rng(3)
+    A, B = (rng.integers(0, 256, (81, 90)).astype(np.float64) for _ in range(2))
+    assert vif((A + B) / 2, A, B) == pytest.approx(ref_vif((A + B) / 2, A, B), rel=1e-9)
+    with pytest.raises(ValueError, match="81x81"):
+        vif(A[:80], A[:80], B[:80])
 
 
 def test_correlations_of_a_constant_image_are_nan_without_warnings(textured):
@@ -481,7 +494,7 @@ def test_evaluate_rejects_unknown_metric_names_listing_valid_ones(textured):
 
 def test_evaluate_rejects_mismatched_shapes_naming_them(textured):
     A, B = textured
-    with pytest.raises(ValueError, match=r"\(64, 80\).*\(64, 79\)"):
+    with pytest.raises(ValueError, match=r"\(96, 120\).*\(96, 119\)"):
         evaluate(A, A, B[:, :-1])
 
 

@@ -29,9 +29,12 @@ class GlobalFrequencyFilter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, L, ch) -> (N, L, ch), filtered along L."""
         length = x.shape[1]
-        spectrum = torch.fft.rfft(x.float(), dim=1, norm="ortho")
-        spectrum = spectrum * torch.view_as_complex(self.weight.float().contiguous())
-        return torch.fft.irfft(spectrum, n=length, dim=1, norm="ortho").to(x.dtype)
+        # Transform along the last dim of a (N, ch, L) view: its backward is ~2x faster on CPU
+        # than transforming the strided dim 1.
+        spectrum = torch.fft.rfft(x.float().transpose(1, 2), dim=-1, norm="ortho")
+        spectrum = spectrum * torch.view_as_complex(self.weight.float().contiguous())[:, None]
+        filtered = torch.fft.irfft(spectrum, n=length, dim=-1, norm="ortho")
+        return filtered.transpose(1, 2).to(x.dtype)
 
 
 class SFMambaMixer(nn.Module):

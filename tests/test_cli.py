@@ -1,0 +1,85 @@
+"""The `adaray` command: info and fuse, on the bundled samples, in-process."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import SAMPLES
+
+from adaray.cli import main
+from adaray.config import dump_yaml
+from adaray.data import read_image
+from adaray.model import ModelConfig
+
+SMALL = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8, chunk_size=16)
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> str:
+    path = tmp_path / "small.yaml"
+    dump_yaml(SMALL, path)
+    return str(path)
+
+
+def test_info_reports_versions_kernel_size_and_latency(small_config, capsys):
+    args = ["info", "--model", "--config", small_config, "--sizes", "32", "--repeats", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "ray" in out and "mlflow" in out
+    assert "SSD kernel: cpu -> torch" in out
+    assert "mamba-ssm" in out
+    assert "parameters" in out
+    assert "forward FLOPs at 32x32" in out
+    assert "latency at 32x32 on cpu" in out
+
+
+def test_fuse_one_color_pair_keeps_size_and_color(small_config, tmp_path):
+    a = SAMPLES / "IVF" / "infrared" / "FLIR_04598.png"
+    b = SAMPLES / "IVF" / "visible" / "FLIR_04598.png"
+    out = tmp_path / "fused.png"
+    assert main(["fuse", str(a), str(b), "-o", str(out), "--config", small_config]) == 0
+    fused = read_image(out)
+    visible = read_image(b)
+    assert fused.shape == visible.shape and fused.ndim == 3  # chroma from the visible image
+    assert not np.allclose(fused[..., 0], fused[..., 1])
+
+
+def test_fuse_folder_writes_every_pair(small_config, tmp_path):
+    out = tmp_path / "out"
+    assert main(["fuse", "--task", "mif", "--data", str(SAMPLES), "-o", str(out),
+                 "--config", small_config]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
+    assert written == ["MIF-PET/30094.png", "MIF/2004.png", "MIF/33008.png"]
+
+
+def test_fuse_corrupt_image_names_the_file(small_config, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    good = SAMPLES / "MIF" / "CT" / "2004.png"
+    code = main(["fuse", str(good), str(bad), "-o", str(tmp_path / "f.png"),
+                 "--config", small_config])
+    assert code == 2
+    assert str(bad) in capsys.readouterr().err
+
+
+def test_fuse_missing_partner_names_the_file(small_config, tmp_path, capsys):
+    data = tmp_path / "IVF"
+    shutil.copytree(SAMPLES / "IVF", data)
+    (data / "visible" / "FLIR_05164.png").unlink()
+    code = main(["fuse", "--task", "ivf", "--data", str(data), "-o", str(tmp_path / "out"),
+                 "--config", small_config])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "FLIR_05164" in err
+    assert not (tmp_path / "out").exists()  # nothing is fused when the input is bad
+
+
+def test_bad_model_config_names_the_field(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("channels: 64\nheaddim: 48\n")
+    assert main(["info", "--config", str(path), "--sizes", "16"]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "headdim" in err
