@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/adaray info --model
+	$(BIN)/adaray info --model --repeats 1
 	for task in ivf mef mff mif; do \
 	  $(BIN)/adaray fuse --task $$task --data samples -o $(DEMO_OUT)/$$task || exit 1; \
 	done
@@ -31,6 +31,7 @@ test: setup
 bench: setup
 	$(BIN)/python bench/ssd.py
 	$(BIN)/python bench/metrics.py
+	$(BIN)/python bench/model.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -165,7 +165,7 @@ def ssd_scan_chunked(
 
     The sequence is padded with dt = 0 to a multiple of ``chunk_size``. Within a chunk the
     output is a masked quadratic form (attention-like, with a segment-sum decay mask); across
-    chunks the state at each chunk's end is carried forward by a short loop over chunks.
+    chunks the state at each chunk's end is carried forward by `_carry_states`.
     """
     _check_inputs(x, dt, A, B, C, D)
     if chunk_size < 1:
