@@ -9,6 +9,7 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -97,9 +98,59 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         fused = fuse_arrays(model, read_image(path_a), read_image(path_b))
         write_image(target, fused)
-        print(f"[{index}/{len(jobs)}] {path_a.name} + {path_b.name} -> {target} "
+        sources = f"{path_a.parent.name}/{path_a.name} + {path_b.parent.name}/{path_b.name}"
+        print(f"[{index}/{len(jobs)}] {sources} -> {target} "
               f"({time.perf_counter() - start:.2f} s)")
     return 0
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `adaray train` (and of jobs/train.py, which takes the same)."""
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--data", required=True, help="folder to discover pairs in")
+    parser.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
+    parser.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+    parser.add_argument("--config", help="TrainConfig YAML (see configs/)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field, e.g. --set model.channels=32 (repeatable)")
+    parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16")
+    parser.add_argument("--max-steps", type=int, help="total optimizer steps")
+    parser.add_argument("--storage", help="checkpoint storage path or URI (s3://...)")
+    parser.add_argument("--name", help="run name; rerunning a name in the same storage resumes")
+
+
+def train_from_args(args: argparse.Namespace) -> int:
+    """Build the TrainConfig from arguments, check it, start or join Ray, train, summarise."""
+    import ray
+
+    from adaray import tracking
+    from adaray.train import build_trainer, load_train_config
+
+    flags = {"task": args.task, "data.root": args.data, "data.a_dir": args.a_dir,
+             "data.b_dir": args.b_dir, "workers": args.workers, "max_steps": args.max_steps,
+             "storage": args.storage, "name": args.name, "use_gpu": True if args.gpu else None}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    cfg = load_train_config(args.config, [*overrides, *args.set])
+    trainer = build_trainer(cfg)  # bad config and missing data fail here, before Ray starts
+    if not ray.is_initialized():
+        ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local one
+    result = trainer.fit()
+    if result.error is not None:
+        print(f"training failed: {result.error}", file=sys.stderr)
+        return 1
+    best = result.best_checkpoints[0][0].path if result.best_checkpoints else None
+    print(f"run {trainer.run_config.name} finished: {result.metrics}")
+    print(f"checkpoints: {result.path} (best: {best})")
+    print(f"MLflow: {tracking.tracking_uri(cfg.workdir)} experiment "
+          f"{tracking.experiment_name(cfg.task)}; browse with: mlflow ui --backend-store-uri "
+          f"{tracking.tracking_uri(cfg.workdir)}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """`adaray train`: see `add_train_arguments`."""
+    return train_from_args(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,17 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--config", help="ModelConfig YAML (default: the paper's config)")
     fuse.add_argument("--seed", type=int, default=0, help="initialisation seed")
     fuse.set_defaults(func=cmd_fuse)
+
+    train = sub.add_parser("train", help="train on Ray Train, tracked in MLflow")
+    add_train_arguments(train)
+    train.set_defaults(func=cmd_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `adaray` console script."""
     args = build_parser().parse_args(argv)
+    return main_guarded(args.func, args, args.command)
+
+
+def main_guarded(command: Any, args: argparse.Namespace, name: str) -> int:
+    """Run a command; bad input (config, data, files) ends with one error line and exit code 2."""
     configure_allocator()
     try:
-        return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
-        print(f"adaray {args.command}: error: {exc}", file=sys.stderr)
+        return command(args)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"adaray {name}: error: {message}", file=sys.stderr)
         return 2
 
 

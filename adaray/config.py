@@ -142,3 +142,28 @@ def dump_yaml(obj: Any, path: str | Path | None = None) -> str:
     if path is not None:
         Path(path).write_text(text)
     return text
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides (values parsed as YAML) to a nested config dict in place.
+
+    Unknown keys are left for `from_dict` to reject with the field's name.
+    """
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r}: expected key.sub=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for depth, name in enumerate(parents):
+            child = node.setdefault(name, {})
+            if not isinstance(child, dict):
+                path = ".".join(parents[: depth + 1])
+                raise ConfigError(f"override {item!r}: {path} is not a section")
+            node = child
+        node[leaf] = value
+    return data

@@ -34,6 +34,7 @@ MIN_PATCH_SIZE = 2  # the network accepts any H, W >= 2
 class DataConfig:
     """What the training loop needs to know about its data."""
 
+    root: str | None = None  # folder to discover pairs in (the CLI's --data)
     patch_size: int = 128  # side of the square training patches
     val_fraction: float = 0.1  # share of pairs held out for validation (by hash of group/stem)
     batch_size: int = 4  # training batch size per worker
