@@ -135,13 +135,19 @@ def train_from_args(args: argparse.Namespace) -> int:
     trainer = build_trainer(cfg)  # bad config and missing data fail here, before Ray starts
     if not ray.is_initialized():
         ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local one
-    result = trainer.fit()
-    if result.error is not None:
-        print(f"training failed: {result.error}", file=sys.stderr)
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train raises the workers' error after its retries
+        print(f"adaray train: training failed: {exc}", file=sys.stderr)
         return 1
-    best = result.best_checkpoints[0][0].path if result.best_checkpoints else None
-    print(f"run {trainer.run_config.name} finished: {result.metrics}")
-    print(f"checkpoints: {result.path} (best: {best})")
+    final = result.metrics or {}
+    print(f"run {trainer.run_config.name} finished at step {final.get('step')}: "
+          f"loss {final.get('loss', float('nan')):.4f}, "
+          f"val_score {final.get('val_score', float('nan')):.4f}")
+    if result.best_checkpoints:
+        best, best_metrics = max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
+        print(f"best checkpoint (val_score {best_metrics['val_score']:.4f}): {best.path}")
+    print(f"all checkpoints: {result.path}")
     print(f"MLflow: {tracking.tracking_uri(cfg.workdir)} experiment "
           f"{tracking.experiment_name(cfg.task)}; browse with: mlflow ui --backend-store-uri "
           f"{tracking.tracking_uri(cfg.workdir)}")

@@ -18,9 +18,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import ray
 import ray.train
 import ray.train.torch
 import torch
@@ -99,6 +100,7 @@ class TrainConfig:
     workers: int = 1  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
     cpus_per_worker: int = 1  # CPUs reserved per worker; also its torch thread count
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     name: str | None = None  # run name: rerunning a name in the same storage resumes it
     storage: str | None = None  # checkpoint storage: path or URI (default <workdir>/runs)
     workdir: str = "adaray_work"  # local home of the embedded MLflow store and default storage
@@ -152,6 +154,28 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+def _replica_divergence(model: nn.Module, world_size: int) -> float:
+    """Max |parameter - rank 0's parameter| over all ranks (0.0 when DDP keeps them in sync)."""
+    if world_size == 1:
+        return 0.0
+    flat = torch.nn.utils.parameters_to_vector(model.parameters()).detach()
+    reference = flat.clone()
+    torch.distributed.broadcast(reference, src=0)
+    divergence = (flat - reference).abs().max()
+    torch.distributed.all_reduce(divergence, op=torch.distributed.ReduceOp.MAX)
+    return float(divergence)
+
+
+def _node_ids(world_size: int) -> list[str]:
+    """The Ray node ID of every rank, in rank order."""
+    node_id = ray.get_runtime_context().get_node_id()
+    if world_size == 1:
+        return [node_id]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, node_id)
+    return gathered
+
+
 def _batches(loader: DataLoader, world_size: int) -> Iterator[dict[str, Any]]:
     """Endless batches, reshuffled each epoch (the distributed sampler needs set_epoch)."""
     epoch = 0
@@ -184,14 +208,14 @@ def validate(
             a_np, b_np = item["a"][0].numpy(), item["b"][0].numpy()
             scores = fusion_metrics.evaluate(_as_8bit(fused), _as_8bit(a_np), _as_8bit(b_np),
                                              names)
-            scores["val_score"] = float(
-                np.mean([scores[m] / s for m, s in VAL_SCORE_SCALES.items()]))
+            scores["val_score"] = sum(scores[m] / s for m, s in VAL_SCORE_SCALES.items()) / len(
+                VAL_SCORE_SCALES)
             for key, value in scores.items():
                 totals[key] = totals.get(key, 0.0) + (0.0 if math.isnan(value) else value)
             if index < cfg.grid_pairs:
                 rows.append(np.concatenate([a_np, b_np, np.clip(fused, 0, 1)], axis=1))
     net.train(was_training)
-    means = {k: v / max(1, len(val_set)) for k, v in totals.items()}
+    means = {k: float(v) / max(1, len(val_set)) for k, v in totals.items()}
     return means, _stack_rows(rows)
 
 
@@ -213,7 +237,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker loop (also runs in-process with ScalingConfig(num_workers=0))."""
     from adaray.tracking import Tracker
 
-    cfg = from_dict(TrainConfig, config)
+    cfg = from_dict(TrainConfig, config["train"])
+    run = config["run"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     configure_allocator()
@@ -258,14 +283,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step, mlflow_run_id = int(state["step"]), state["mlflow_run_id"] or None
         best_score = float(state["best_score"])
 
+    node_ids = _node_ids(world_size)
     tracker = None
     if rank == 0:
-        tracker = Tracker(config["tracking_uri"], config["experiment"],
-                          artifact_location=config.get("artifact_location"))
-        tags = {"task": cfg.task, "git_commit": config.get("git_commit", ""),
-                "ray_job_id": os.environ.get("RAY_JOB_ID", ""), "run_name": config["run_name"]}
-        mlflow_run_id = tracker.start_run(config["run_name"], to_dict(cfg), tags,
-                                          run_id=mlflow_run_id)
+        tracker = Tracker(run["tracking_uri"], run["experiment"],
+                          artifact_location=run["artifact_location"])
+        tags = {"task": cfg.task, "git_commit": run["git_commit"],
+                "ray_job_id": os.environ.get("RAY_JOB_ID", ""), "run_name": run["name"],
+                "ray_nodes": ",".join(node_ids), "world_size": str(world_size)}
+        tracker.start_run(run["name"], to_dict(cfg), tags, run_id=mlflow_run_id)
 
     batches = _batches(loader, world_size)
     samples, window_start, last_val = 0, time.perf_counter(), {}
@@ -289,10 +315,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if not (is_val or step % cfg.log_every == 0):
             continue
         elapsed = time.perf_counter() - window_start
-        metrics = {"step": step, "loss": float(loss), "lr": scheduler.get_last_lr()[0],
+        metrics = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
                    "samples_per_s": samples / max(elapsed, 1e-9),
                    **{f"loss_{k}": float(v) for k, v in terms.items()}}
         samples, window_start = 0, time.perf_counter()
+        if is_ckpt:  # a collective: every rank takes part
+            metrics["replica_divergence"] = _replica_divergence(model, world_size)
         report_checkpoint = None
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
@@ -306,7 +334,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step)
                 if is_ckpt:
                     report_checkpoint = _write_checkpoint(
-                        Path(folder), model, optimizer, scheduler, step, cfg, mlflow_run_id,
+                        Path(folder), model, optimizer, scheduler, step, cfg, tracker.run_id,
                         best_score)
             ray.train.report(metrics, checkpoint=report_checkpoint)
 
@@ -399,20 +427,22 @@ def build_trainer(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:
     workdir.mkdir(parents=True, exist_ok=True)
     name = cfg.name or f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}"
     storage = cfg.storage or str(workdir / "runs")
-    loop_config = to_dict(cfg)
-    loop_config["data"]["root"] = str(root)
-    loop_config.update(
-        run_name=name,
-        tracking_uri=tracking.tracking_uri(workdir),
-        experiment=tracking.experiment_name(cfg.task),
-        artifact_location=tracking.artifact_root(workdir),
-        git_commit=_git_commit(),
-    )
+    train = to_dict(cfg)
+    train["data"]["root"] = str(root)
+    train["workdir"] = str(workdir)
+    run = {
+        "name": name,
+        "tracking_uri": tracking.tracking_uri(workdir),
+        "experiment": tracking.experiment_name(cfg.task),
+        "artifact_location": tracking.artifact_root(workdir),
+        "git_commit": _git_commit(),
+    }
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=loop_config,
+        train_loop_config={"train": train, "run": run},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                     placement_strategy=cfg.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
             name=name,
