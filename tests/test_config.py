@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ def test_overrides_parse_yaml_values_and_nest():
                                "use_gpu=true"])
     assert data == {"model": {"channels": 16}, "val": {"metrics": ["Qabf", "VIF"]},
                     "name": "run-1", "use_gpu": True}
-    with pytest.raises(ConfigError, match="key.sub=value"):
+    with pytest.raises(ConfigError, match=r"key\.sub=value"):
         apply_overrides({}, ["model.channels"])
     with pytest.raises(ConfigError, match="task is not a section"):
         apply_overrides({"task": "ivf"}, ["task.x=1"])
@@ -56,7 +57,7 @@ def test_learning_rate_warms_up_then_decays_to_the_floor():
     optim = OptimConfig(warmup_steps=10, min_lr_ratio=0.1)
     factors = [lr_factor(step, optim, 100) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(factors[9:], factors[10:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[9:]))
     assert lr_factor(100, optim, 100) == pytest.approx(0.1)
 
 
