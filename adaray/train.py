@@ -9,7 +9,6 @@ Resuming is the V2 way: build the trainer again with the same run name and stora
 from __future__ import annotations
 
 import math
-import os
 import random
 import socket
 import tempfile
@@ -289,7 +288,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker = Tracker(run["tracking_uri"], run["experiment"],
                           artifact_location=run["artifact_location"])
         tags = {"task": cfg.task, "git_commit": run["git_commit"],
-                "ray_job_id": os.environ.get("RAY_JOB_ID", ""), "run_name": run["name"],
+                "ray_job_id": ray.get_runtime_context().get_job_id(), "run_name": run["name"],
                 "ray_nodes": ",".join(node_ids), "world_size": str(world_size)}
         tracker.start_run(run["name"], to_dict(cfg), tags, run_id=mlflow_run_id)
 
