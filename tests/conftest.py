@@ -26,3 +26,8 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real fusion data not found at {SHARED_DATA} (set ADARAY_SHARED_DATA)")
     return SHARED_DATA
+
+
+# One real Ray cluster for the whole session (tests/ray_cluster.py): the session fixture
+# `ray_cluster` starts it on first use only, so tests that do not ask for it never start Ray.
+from ray_cluster import ray_cluster  # noqa: E402, F401
