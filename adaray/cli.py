@@ -134,7 +134,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, [*overrides, *args.set])
     trainer = build_trainer(cfg)  # bad config and missing data fail here, before Ray starts
     if not ray.is_initialized():
-        ray.init()  # joins the cluster at RAY_ADDRESS when set, else starts a local one
+        ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray Train raises the workers' error after its retries
