@@ -136,6 +136,18 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
 
+def build_optimizer(
+    model: nn.Module, cfg: TrainConfig
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW and its warm-up + cosine schedule (stepped once per optimizer step)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
+                                  betas=(cfg.optim.beta1, cfg.optim.beta2),
+                                  weight_decay=cfg.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.max_steps))
+    return optimizer, scheduler
+
+
 def _rng_state() -> dict[str, Any]:
     """RNG states as plain tensors, ints and tuples (loadable with weights_only=True)."""
     _, keys, position, has_gauss, gauss = np.random.get_state()
@@ -260,11 +272,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Model, optimizer, schedule, loss.
     model = ray.train.torch.prepare_model(AdaSFFuse(cfg.model))
     device = ray.train.torch.get_device()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
-                                  betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.max_steps))
+    optimizer, scheduler = build_optimizer(model, cfg)
     loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 

@@ -45,7 +45,7 @@ from adaray.data import build_datasets
 from adaray.losses import FusionLoss
 from adaray.model import AdaSFFuse
 from adaray.runtime import configure_allocator
-from adaray.train import TrainConfig, load_train_config, lr_factor
+from adaray.train import TrainConfig, build_optimizer, load_train_config
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller (driver propagates it)
@@ -76,11 +76,7 @@ def bare_loop(cfg: TrainConfig, warmup: int) -> Row:
                         num_workers=cfg.data.num_workers)
     model = AdaSFFuse(cfg.model)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
-                                  betas=(cfg.optim.beta1, cfg.optim.beta2),
-                                  weight_decay=cfg.optim.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.max_steps))
+    optimizer, scheduler = build_optimizer(model, cfg)
     loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
 
     def batches():
