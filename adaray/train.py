@@ -148,6 +148,19 @@ def build_optimizer(
     return optimizer, scheduler
 
 
+def optimizer_step(
+    loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler, grad_clip: float,
+) -> None:
+    """Backward, clip the global gradient norm (when grad_clip > 0), update, advance the lr."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    scheduler.step()
+
+
 def _rng_state() -> dict[str, Any]:
     """RNG states as plain tensors, ints and tuples (loadable with weights_only=True)."""
     _, keys, position, has_gauss, gauss = np.random.get_state()
@@ -308,12 +321,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with autocast:
             fused = model(a, b)
         loss, terms = loss_fn(fused.float(), a, b)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, model, optimizer, scheduler, cfg.optim.grad_clip)
         step += 1
         samples += a.shape[0] * world_size
 

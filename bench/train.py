@@ -45,7 +45,7 @@ from adaray.data import build_datasets
 from adaray.losses import FusionLoss
 from adaray.model import AdaSFFuse
 from adaray.runtime import configure_allocator
-from adaray.train import TrainConfig, build_optimizer, load_train_config
+from adaray.train import TrainConfig, build_optimizer, load_train_config, optimizer_step
 
 REPO = Path(__file__).resolve().parent.parent
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller (driver propagates it)
@@ -91,12 +91,7 @@ def bare_loop(cfg: TrainConfig, warmup: int) -> Row:
         batch = next(stream)
         a, b = batch["a"], batch["b"]
         loss, _ = loss_fn(model(a, b).float(), a, b)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        optimizer_step(loss, model, optimizer, scheduler, cfg.optim.grad_clip)
         samples += a.shape[0]
     end = time.perf_counter()
     timed = max(end - timed_from, 1e-9)
