@@ -159,6 +159,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     return train_from_args(args)
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """`adaray tune`: a per-task sweep on Ray Tune (see adaray.tune)."""
+    from adaray.config import to_dict
+    from adaray.train import load_train_config
+    from adaray.tune import default_space_path, load_space, run_sweep
+
+    flags = {"task": args.task, "data.root": args.data, "data.a_dir": args.a_dir,
+             "data.b_dir": args.b_dir}
+    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    base = load_train_config(args.config, [*overrides, *args.set])
+    sweep_flags = {"num_samples": args.samples, "max_concurrent": args.max_concurrent,
+                   "workers_per_trial": args.workers_per_trial,
+                   "gpus_per_trial": args.gpus_per_trial}
+    sweep_overrides = {k: v for k, v in sweep_flags.items() if v is not None}
+    if args.resume:
+        if args.name is None:
+            raise ValueError("--resume needs --name: the sweep to continue")
+        if args.space or sweep_overrides:
+            print("note: --resume continues the sweep as it was started; --space, --samples, "
+                  "--max-concurrent and --*-per-trial are ignored", file=sys.stderr)
+    space = load_space(args.space or default_space_path(args.task), to_dict(base),
+                       sweep_overrides)
+    result = run_sweep(base, space, name=args.name, storage=args.storage, resume=args.resume)
+    stopped = sum(1 for o in result.outcomes if o.stop_reason.startswith("stopped"))
+    print(f"sweep {result.name}: {len(result.outcomes)} trials ({stopped} stopped early by "
+          f"ASHA) in {result.wall_s:.0f} s; results in {result.path}")
+    if result.best is not None:
+        print(f"best trial {result.best.trial_id}: {space.sweep.metric} "
+              f"{result.best.score:.4f} at step {result.best.steps}")
+    print(f"promotion: {result.promotion_note}")
+    errors = [o for o in result.outcomes if o.stop_reason == "error"]
+    for outcome in errors:
+        print(f"trial {outcome.trial_id} failed: {outcome.error}", file=sys.stderr)
+    return 1 if result.best is None else 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """`adaray models list`: registered model versions with their scores and aliases."""
+    from datetime import datetime
+
+    from adaray.tracking import ModelRegistry, registered_model_name, tracking_uri
+
+    uri = tracking_uri(args.workdir)
+    name = registered_model_name(args.task) if args.task else None
+    versions = ModelRegistry(uri).versions(name)
+    if not versions:
+        print(f"no registered adasffuse models at {uri}")
+        return 0
+    header = f"{'model':16s} {'version':>7s} {'val_score':>9s}  {'aliases':12s} {'sweep':24s} " \
+             f"{'trial':14s} created"
+    print(header)
+    for v in versions:
+        score = "-" if v.score is None else f"{v.score:.4f}"
+        created = datetime.fromtimestamp(v.created_ms / 1000).strftime("%Y-%m-%d %H:%M")
+        print(f"{v.name:16s} {v.version:7d} {score:>9s}  {','.join(v.aliases) or '-':12s} "
+              f"{v.tags.get('sweep', '-'):24s} {v.tags.get('trial_id', '-'):14s} {created}")
+    return 0
+
+
+def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `adaray tune` (and of jobs/tune.py, which takes the same)."""
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--data", required=True, help="folder to discover pairs in")
+    parser.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
+    parser.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+    parser.add_argument("--config", help="base TrainConfig YAML each trial starts from")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a base config field (repeatable)")
+    parser.add_argument("--space", help="search space YAML (default: tune_spaces/TASK.yaml)")
+    parser.add_argument("--samples", type=int, help="number of trials (sweep.num_samples)")
+    parser.add_argument("--max-concurrent", type=int, help="trials running at once")
+    parser.add_argument("--workers-per-trial", type=int, help="DDP workers of each trial")
+    parser.add_argument("--gpus-per-trial", type=float,
+                        help="GPUs of each trial, shared by its workers (default 0: CPU)")
+    parser.add_argument("--storage", help="sweep storage path or URI (default WORKDIR/tune)")
+    parser.add_argument("--name", help="sweep name (default TASK-sweep-TIMESTAMP)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the sweep --name after an interruption")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `adaray` command."""
     parser = argparse.ArgumentParser(prog="adaray", description=__doc__)
@@ -190,6 +270,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train on Ray Train, tracked in MLflow")
     add_train_arguments(train)
     train.set_defaults(func=cmd_train)
+
+    tune = sub.add_parser("tune", help="sweep loss weights and block counts on Ray Tune")
+    add_tune_arguments(tune)
+    tune.set_defaults(func=cmd_tune)
+
+    models = sub.add_parser("models", help="registered models (the MLflow Model Registry)")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    models_list = models_sub.add_parser("list", help="versions, scores and aliases")
+    models_list.add_argument("--task", choices=sorted(TASKS), help="only this task's model")
+    models_list.add_argument("--workdir", default="adaray_work",
+                             help="work folder of the embedded MLflow store (ignored when "
+                                  "MLFLOW_TRACKING_URI is set)")
+    models_list.set_defaults(func=cmd_models)
     return parser
 
 

@@ -144,6 +144,22 @@ def dump_yaml(obj: Any, path: str | Path | None = None) -> str:
     return text
 
 
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set `data["a"]["b"] = value` for key "a.b", creating sections; returns `data`.
+
+    Unknown keys are left for `from_dict` to reject with the field's name.
+    """
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for depth, name in enumerate(parents):
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{key}: {'.'.join(parents[: depth + 1])} is not a section")
+        node = child
+    node[leaf] = value
+    return data
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply `key.sub=value` overrides (values parsed as YAML) to a nested config dict in place.
 
@@ -157,13 +173,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             value = yaml.safe_load(raw)
         except yaml.YAMLError:
             value = raw
-        *parents, leaf = key.strip().split(".")
-        node = data
-        for depth, name in enumerate(parents):
-            child = node.setdefault(name, {})
-            if not isinstance(child, dict):
-                path = ".".join(parents[: depth + 1])
-                raise ConfigError(f"override {item!r}: {path} is not a section")
-            node = child
-        node[leaf] = value
+        try:
+            set_dotted(data, key, value)
+        except ConfigError as exc:
+            raise ConfigError(f"override {item!r}: {exc}") from None
     return data

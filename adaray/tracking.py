@@ -21,6 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ MODEL_CONFIG_FILENAME = "model_config.yaml"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_PARAM_VALUE_CHARS = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 PARENT_RUN_TAG = "mlflow.parentRunId"
+REGISTERED_MODEL_PREFIX = "adasffuse-"
+CHAMPION_ALIAS = "champion"
+SCORE_TAG = "val_score"  # model version tag: the validation score that ranks champions
 
 # MLflow's HTTP client defaults (7 retries with backoff factor 2, 120 s timeout per request) make
 # one call to a dead server block for minutes. Tracker sets these with os.environ.setdefault
@@ -76,6 +80,11 @@ def experiment_name(task: str) -> str:
     return f"adaray-{task}"
 
 
+def registered_model_name(task: str) -> str:
+    """The registered model of a task: `adasffuse-<task>` (champion: `models:/NAME@champion`)."""
+    return f"{REGISTERED_MODEL_PREFIX}{task}"
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str | int | float]:
     """Nested dict -> {"a.b": value}; numbers and strings kept, lists and others as strings."""
     flat: dict[str, str | int | float] = {}
@@ -95,7 +104,7 @@ def _redact(text: str) -> str:
     return re.sub(r"://[^/@\s]+@", "://", text)
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
     """One line for a log: the exception, and its root cause (e.g. "Connection refused")."""
     root = exc
     while (inner := root.__cause__ or root.__context__) is not None and inner is not root:
@@ -185,7 +194,7 @@ class Tracker:
             if what not in self._rejected:
                 self._rejected.add(what)
                 logger.warning("MLflow at %s rejected %s: %s (not retried)",
-                               _redact(self.uri), what, _short(exc))
+                               _redact(self.uri), what, short_error(exc))
             return False
         finally:
             _guarded.active = False
@@ -196,10 +205,10 @@ class Tracker:
         if self._healthy:
             logger.warning(
                 "MLflow tracking at %s is unavailable (%s failed: %s); training continues and "
-                "checkpoints are kept; retrying in %.0f s", _redact(self.uri), what, _short(exc),
-                self._delay)
+                "checkpoints are kept; retrying in %.0f s", _redact(self.uri), what,
+                short_error(exc), self._delay)
         else:
-            logger.debug("MLflow still unavailable (%s failed: %s)", what, _short(exc))
+            logger.debug("MLflow still unavailable (%s failed: %s)", what, short_error(exc))
         self._healthy = False
         self._retry_at = time.monotonic() + self._delay
         self._delay = min(self._delay * 2, self.max_retry_s)
@@ -292,6 +301,46 @@ class Tracker:
         if run_id is not None:
             self._call("end_run", lambda: self._client().set_terminated(run_id, status),
                        force=True)
+
+    # -- other runs of the experiment (a sweep's parent and trials) ----------------------------
+
+    def find_runs(self, tags: Mapping[str, str], key: str) -> dict[str, str]:
+        """{value of tag `key`: run id} for the experiment's runs carrying all `tags`
+        (empty when tracking is unavailable)."""
+        filter_string = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        found: dict[str, str] = {}
+
+        def search() -> None:
+            experiment = self._client().get_experiment_by_name(self.experiment)
+            if experiment is None:
+                return
+            for run in self._client().search_runs([experiment.experiment_id], filter_string,
+                                                  max_results=5000):
+                found.setdefault(run.data.tags.get(key, ""), run.info.run_id)
+
+        self._call("search_runs", search)
+        return found
+
+    def find_run_id(self, tags: Mapping[str, str]) -> str | None:
+        """The id of a run of the experiment carrying all `tags`, or None."""
+        runs = self.find_runs(tags, key=next(iter(tags)))
+        return next(iter(runs.values()), None)
+
+    def close_run(self, run_id: str, tags: Mapping[str, Any], status: str) -> None:
+        """Set tags on another run of the experiment and end it with `status` if it is still
+        RUNNING (a sweep closing the runs of trials that Tune stopped)."""
+        from mlflow.entities import RunTag
+
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+
+        def close() -> None:
+            client = self._client()
+            client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status)
+
+        self._call("close_run", close)
 
     # -- logging ---------------------------------------------------------------------------
 
@@ -402,8 +451,119 @@ def load_logged_model(model_uri: str, tracking_uri: str | None = None) -> AdaSFF
         except ValueError:
             raise
         except Exception as exc:
-            raise RuntimeError(f"{model_uri}: cannot download model ({_short(exc)})") from exc
+            raise RuntimeError(f"{model_uri}: cannot download model ({short_error(exc)})") from exc
         try:
             return load_model(local)
         except (ValueError, FileNotFoundError) as exc:
             raise type(exc)(f"{model_uri}: {exc}") from None
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+@dataclass
+class ModelVersionInfo:
+    """One registered model version as adaray reads it (score from the SCORE_TAG tag)."""
+
+    name: str
+    version: int
+    score: float | None
+    aliases: list[str]
+    run_id: str
+    source: str
+    created_ms: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def _version_info(mv: Any) -> ModelVersionInfo:
+    try:
+        score: float | None = float(mv.tags[SCORE_TAG])
+    except (KeyError, ValueError):
+        score = None
+    return ModelVersionInfo(name=mv.name, version=int(mv.version), score=score,
+                            aliases=sorted(mv.aliases or []), run_id=mv.run_id or "",
+                            source=mv.source or "", created_ms=int(mv.creation_timestamp or 0),
+                            tags=dict(mv.tags or {}))
+
+
+class ModelRegistry:
+    """The MLflow Model Registry at `uri` (MLFLOW_REGISTRY_URI when set, else the tracking URI):
+    register a run's adaray model, read and move the `champion` alias, list versions.
+
+    Calls raise MLflow's errors: promotion happens once at the end of a sweep, and its caller
+    reports a failure instead of losing the sweep's results.
+    """
+
+    def __init__(self, uri: str) -> None:
+        import mlflow
+
+        for name, value in HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(name, value)
+        self.uri = uri
+        self.client = mlflow.MlflowClient(tracking_uri=uri,
+                                          registry_uri=os.environ.get("MLFLOW_REGISTRY_URI"))
+
+    def register(self, name: str, run_id: str, score: float,
+                 tags: Mapping[str, Any] | None = None) -> ModelVersionInfo:
+        """The run's logged model (`<run artifacts>/model`) as a new version of `name`, tagged
+        with its score; a version already registered from this run is returned as it is."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(
+                name, description="AdaSFFuse fusion models promoted by adaray sweeps")
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        for mv in self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
+            return _version_info(mv)
+        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
+        all_tags = {SCORE_TAG: repr(float(score)),
+                    **{k: str(v) for k, v in (tags or {}).items()}}
+        mv = self.client.create_model_version(name, source, run_id=run_id, tags=all_tags)
+        return _version_info(self.client.get_model_version(name, mv.version))
+
+    def champion(self, name: str) -> ModelVersionInfo | None:
+        """The version holding the `champion` alias, or None (no model or no champion yet)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _version_info(self.client.get_model_version_by_alias(name, CHAMPION_ALIAS))
+        except MlflowException as exc:
+            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                return None
+            raise
+
+    def promote_if_better(self, candidate: ModelVersionInfo) -> tuple[bool, str]:
+        """Give `candidate` the champion alias only if its score beats the current champion's.
+
+        Returns (promoted, reason); the reason names both scores.
+        """
+        current = self.champion(candidate.name)
+        if current is not None and current.version == candidate.version:
+            return True, f"version {candidate.version} already is the champion"
+        if candidate.score is None:
+            return False, f"version {candidate.version} has no {SCORE_TAG} tag"
+        if current is not None and current.score is not None and candidate.score <= current.score:
+            return False, (f"{SCORE_TAG} {candidate.score:.4f} of version {candidate.version} "
+                           f"does not beat champion version {current.version} "
+                           f"({current.score:.4f}); the alias stays")
+        self.client.set_registered_model_alias(candidate.name, CHAMPION_ALIAS,
+                                               str(candidate.version))
+        if current is None:
+            return True, (f"version {candidate.version} ({candidate.score:.4f}) is the first "
+                          "champion")
+        before = "no score" if current.score is None else f"{current.score:.4f}"
+        return True, (f"version {candidate.version} ({candidate.score:.4f}) beats champion "
+                      f"version {current.version} ({before})")
+
+    def versions(self, name: str | None = None) -> list[ModelVersionInfo]:
+        """Versions of `name`, or of every `adasffuse-*` model, by name then version."""
+        if name is not None:
+            names = [name]
+        else:
+            names = [m.name for m in self.client.search_registered_models(
+                f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")]
+        found = [_version_info(mv) for n in names
+                 for mv in self.client.search_model_versions(f"name='{n}'")]
+        return sorted(found, key=lambda v: (v.name, v.version))

@@ -99,6 +99,7 @@ class TrainConfig:
     workers: int = 1  # Ray Train workers (DDP ranks)
     use_gpu: bool = False
     cpus_per_worker: int = 1  # CPUs reserved per worker; also its torch thread count
+    gpus_per_worker: float = 1.0  # GPUs per worker with use_gpu (a fraction shares a GPU)
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     name: str | None = None  # run name: rerunning a name in the same storage resumes it
     storage: str | None = None  # checkpoint storage: path or URI (default <workdir>/runs)
@@ -116,6 +117,8 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.max_failures < -1:
             raise ConfigError(f"max_failures: must be >= -1, got {self.max_failures}")
+        if self.gpus_per_worker <= 0:
+            raise ConfigError(f"gpus_per_worker: must be > 0, got {self.gpus_per_worker}")
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] = ()) -> TrainConfig:
@@ -310,11 +313,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                           artifact_location=run["artifact_location"])
         tags = {"task": cfg.task, "git_commit": run["git_commit"],
                 "ray_job_id": ray.get_runtime_context().get_job_id(), "run_name": run["name"],
-                "ray_nodes": ",".join(node_ids), "world_size": str(world_size)}
-        tracker.start_run(run["name"], to_dict(cfg), tags, run_id=mlflow_run_id)
+                "ray_nodes": ",".join(node_ids), "world_size": str(world_size),
+                **run.get("tags", {})}
+        tracker.start_run(run["name"], to_dict(cfg), tags, run_id=mlflow_run_id,
+                          parent_run_id=run.get("parent_run_id"))
 
     batches = _batches(loader, world_size)
-    samples, window_start, last_val = 0, time.perf_counter(), {}
+    samples, window_start = 0, time.perf_counter()
     while step < cfg.max_steps:
         batch = next(batches)
         a, b = batch["a"].to(device), batch["b"].to(device)
@@ -339,13 +344,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         report_checkpoint = None
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
-                if is_val:
-                    last_val, grid = validate(model, val_set, cfg.val)
-                    best_score = max(best_score, last_val["val_score"])
+                if is_val:  # validation metrics appear in the reports of validation steps
+                    scores, grid = validate(model, val_set, cfg.val)
+                    best_score = max(best_score, scores["val_score"])
                     if grid is not None:
                         tracker.log_image(grid, f"val/step_{step:07d}.png")
-                metrics.update({f"val_{k}" if k != "val_score" else k: v
-                                for k, v in last_val.items()})
+                    metrics.update({f"val_{k}" if k != "val_score" else k: v
+                                    for k, v in scores.items()})
                 tracker.log_metrics({k: v for k, v in metrics.items() if k != "step"}, step)
                 if is_ckpt:
                     report_checkpoint = _write_checkpoint(
@@ -422,14 +427,10 @@ def _git_commit() -> str:
         return ""
 
 
-def build_trainer(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:
-    """A TorchTrainer for `cfg`; bad config or a missing data folder fail here, before Ray."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    from adaray import tracking
-
-    cfg.validate()
+def prepare_config(cfg: TrainConfig) -> TrainConfig:
+    """A checked copy of `cfg` with absolute data and work folders (created): a bad field, an
+    unknown task, a missing data folder or one without pairs fails here, before Ray starts."""
+    cfg = from_dict(TrainConfig, to_dict(cfg))  # validates every section
     get_task(cfg.task)
     if cfg.data.root is None:
         raise ConfigError("data.root: no data folder given (--data PATH)")
@@ -437,26 +438,49 @@ def build_trainer(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
     build_datasets(root, cfg.task, cfg.data, check=False)  # pairs are discoverable
-
     workdir = Path(cfg.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    cfg.data.root, cfg.workdir = str(root), str(workdir)
+    return cfg
+
+
+def build_trainer(
+    cfg: TrainConfig, callbacks: list[Any] | None = None, *, progress: bool = True,
+    run_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+) -> Any:
+    """A TorchTrainer for `cfg`; bad config or a missing data folder fail here, before Ray.
+
+    `callbacks` are extra Ray Train UserCallbacks; `progress` adds the driver's progress lines.
+    `run_tags` are added to the MLflow run, which is nested under `parent_run_id` when given
+    (a Tune trial under its sweep).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from adaray import tracking
+
+    cfg = prepare_config(cfg)
+    workdir = Path(cfg.workdir)
     name = cfg.name or f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}"
     storage = cfg.storage or str(workdir / "runs")
     train = to_dict(cfg)
-    train["data"]["root"] = str(root)
-    train["workdir"] = str(workdir)
     run = {
         "name": name,
         "tracking_uri": tracking.tracking_uri(workdir),
         "experiment": tracking.experiment_name(cfg.task),
         "artifact_location": tracking.artifact_root(workdir),
         "git_commit": _git_commit(),
+        "tags": dict(run_tags or {}),
+        "parent_run_id": parent_run_id,
     }
+    resources = {"CPU": cfg.cpus_per_worker}
+    if cfg.use_gpu:
+        resources["GPU"] = cfg.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": train, "run": run},
         scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.use_gpu,
-                                     resources_per_worker={"CPU": cfg.cpus_per_worker},
+                                     resources_per_worker=resources,
                                      placement_strategy=cfg.placement_strategy),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -466,6 +490,7 @@ def build_trainer(cfg: TrainConfig, callbacks: list[Any] | None = None) -> Any:
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.num_to_keep,
                                                checkpoint_score_attribute="val_score",
                                                checkpoint_score_order="max"),
-            callbacks=[ProgressCallback(cfg.max_steps), *(callbacks or [])],
+            callbacks=[*([ProgressCallback(cfg.max_steps)] if progress else []),
+                       *(callbacks or [])],
         ),
     )
