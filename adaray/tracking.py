@@ -564,6 +564,12 @@ class ModelRegistry:
         else:
             names = [m.name for m in self.client.search_registered_models(
                 f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")]
-        found = [_version_info(mv) for n in names
-                 for mv in self.client.search_model_versions(f"name='{n}'")]
+        found = []
+        for model_name in names:
+            # Search results carry no aliases: the registered model maps alias -> version.
+            aliases = self.client.get_registered_model(model_name).aliases or {}
+            for mv in self.client.search_model_versions(f"name='{model_name}'"):
+                info = _version_info(mv)
+                info.aliases = sorted(a for a, v in aliases.items() if int(v) == info.version)
+                found.append(info)
         return sorted(found, key=lambda v: (v.name, v.version))

@@ -447,28 +447,33 @@ def prepare_config(cfg: TrainConfig) -> TrainConfig:
 def build_trainer(
     cfg: TrainConfig, callbacks: list[Any] | None = None, *, progress: bool = True,
     run_tags: dict[str, str] | None = None, parent_run_id: str | None = None,
+    tracking: tuple[str, str | None] | None = None,
 ) -> Any:
     """A TorchTrainer for `cfg`; bad config or a missing data folder fail here, before Ray.
 
     `callbacks` are extra Ray Train UserCallbacks; `progress` adds the driver's progress lines.
     `run_tags` are added to the MLflow run, which is nested under `parent_run_id` when given
-    (a Tune trial under its sweep).
+    (a Tune trial under its sweep). `tracking` is (tracking URI, artifact location), resolved
+    by default here from MLFLOW_TRACKING_URI and the work folder; a Tune trial gets its sweep
+    driver's, since trial processes do not inherit the driver's environment.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from adaray import tracking
+    from adaray import tracking as mlflow_tracking
 
     cfg = prepare_config(cfg)
     workdir = Path(cfg.workdir)
     name = cfg.name or f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}"
     storage = cfg.storage or str(workdir / "runs")
     train = to_dict(cfg)
+    uri, artifact_location = tracking or (mlflow_tracking.tracking_uri(workdir),
+                                          mlflow_tracking.artifact_root(workdir))
     run = {
         "name": name,
-        "tracking_uri": tracking.tracking_uri(workdir),
-        "experiment": tracking.experiment_name(cfg.task),
-        "artifact_location": tracking.artifact_root(workdir),
+        "tracking_uri": uri,
+        "experiment": mlflow_tracking.experiment_name(cfg.task),
+        "artifact_location": artifact_location,
         "git_commit": _git_commit(),
         "tags": dict(run_tags or {}),
         "parent_run_id": parent_run_id,

@@ -234,7 +234,10 @@ def parse_space(data: Any, base: dict[str, Any], source: str = "space") -> Searc
     unknown = sorted(set(data) - {"sweep", "params"})
     if unknown:
         raise ConfigError(f"{source}: unknown section {unknown[0]!r} (expected sweep, params)")
-    sweep = from_dict(SweepConfig, data.get("sweep") or {}, prefix="sweep.")
+    try:
+        sweep = from_dict(SweepConfig, data.get("sweep") or {}, prefix="sweep.")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, dict) or not raw_params:
         raise ConfigError(f"{source}: params: expected a mapping of TrainConfig fields to "
@@ -247,7 +250,10 @@ def parse_space(data: Any, base: dict[str, Any], source: str = "space") -> Searc
                               f"(fields look like loss.w_int, model.n_hi, optim.lr)")
         if key in SWEEP_OWNED_FIELDS:
             raise ConfigError(f"{source}: params.{key}: set by the sweep itself, not searchable")
-        param = parse_param(key, spec)
+        try:
+            param = parse_param(key, spec)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
         for value in param.candidates():
             try:
                 trial_config(base, {key: value})
@@ -333,7 +339,8 @@ def run_trial(params: dict[str, Any], *, base: dict[str, Any], sweep: dict[str, 
     trainer = build_trainer(
         cfg, callbacks=[ValidationReportCallback(settings.metric)], progress=False,
         run_tags={SWEEP_TAG: context["sweep"], ROLE_TAG: "trial", "tune_trial_id": trial_id},
-        parent_run_id=context["parent_run_id"])
+        parent_run_id=context["parent_run_id"],
+        tracking=(context["tracking_uri"], context["artifact_location"]))
     trainer.fit()
 
 
@@ -542,7 +549,8 @@ def run_sweep(base: TrainConfig, space: SearchSpace, *, name: str | None = None,
     """Run (or with `resume`, continue) a sweep of `space` over `base`; see the module docs.
 
     Everything that can be checked is checked before Ray starts: the base config, its data
-    folder, the space, and that `name` is new (or, with `resume`, restorable).
+    folder, the space, and that `name` is new (or, with `resume`, restorable). A resumed sweep
+    runs with the base config and space saved when it started.
     """
     started = time.monotonic()
     base = prepare_config(base)
@@ -551,29 +559,15 @@ def run_sweep(base: TrainConfig, space: SearchSpace, *, name: str | None = None,
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     path = _storage_join(storage, name)
-    state_uri = _storage_join(path, SWEEP_STATE_FILENAME)
-    saved = _read_text(state_uri)
-    if resume:
-        if saved is None or not tune.Tuner.can_restore(path):
-            raise ConfigError(f"--resume: no sweep named {name!r} under {storage}")
-        state = yaml.safe_load(saved)
-        base_dict = state["base"]
-        space = parse_space(state["space"], base_dict, source=state_uri)
-    else:
-        if saved is not None:
-            raise ConfigError(f"--name: a sweep named {name!r} already exists under {storage}; "
-                              "pass --resume to continue it, or choose another name")
-        base_dict = to_dict(base)
-        _write_text(state_uri, yaml.safe_dump({"base": base_dict, "space": space.as_dict()},
-                                              sort_keys=False))
-    sweep = space.sweep
+    base_dict, space = _sweep_definition(path, name, storage, base, space, resume)
+    base = from_dict(TrainConfig, base_dict)
     uri = tracking_uri(base.workdir)
-    experiment = experiment_name(base.task)
 
-    tracker = Tracker(uri, experiment, artifact_location=artifact_root(base.workdir))
+    tracker = Tracker(uri, experiment_name(base.task),
+                      artifact_location=artifact_root(base.workdir))
     parent_tags = {"task": base.task, SWEEP_TAG: name, ROLE_TAG: "sweep"}
     previous = tracker.find_run_id(parent_tags) if resume else None
-    tracker.start_run(name, {"sweep": to_dict(sweep),
+    tracker.start_run(name, {"sweep": to_dict(space.sweep),
                              "space": {p.key: p.describe() for p in space.params}},
                       parent_tags, run_id=previous)
     with tempfile.TemporaryDirectory(prefix="adaray-sweep-") as tmp:
@@ -581,42 +575,83 @@ def run_sweep(base: TrainConfig, space: SearchSpace, *, name: str | None = None,
         (Path(tmp) / "base_config.yaml").write_text(yaml.safe_dump(base_dict, sort_keys=False))
         tracker.log_artifact(tmp, "sweep")
 
-    context = {"sweep": name, "parent_run_id": tracker.run_id,
+    context = {"sweep": name, "parent_run_id": tracker.run_id, "tracking_uri": uri,
+               "artifact_location": artifact_root(base.workdir),
                "trial_storage": _storage_join(path, TRIAL_RUNS_FOLDER)}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base=base_dict, sweep=to_dict(sweep), context=context),
+        tune.with_parameters(run_trial, base=base_dict, sweep=to_dict(space.sweep),
+                             context=context),
         {"cpu": TRIAL_DRIVER_CPUS})
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
-    if resume:
-        print(f"[adaray tune] resuming sweep {name} from {path}", flush=True)
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
-    else:
-        if sweep.searcher == "optuna":
-            from ray.tune.search.optuna import OptunaSearch
-
-            searcher: Any = OptunaSearch(seed=sweep.seed)
+    try:
+        if not ray.is_initialized():
+            ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
+        if resume:
+            print(f"[adaray tune] resuming sweep {name} from {path}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True)
         else:
-            from ray.tune.search.basic_variant import BasicVariantGenerator
+            tuner = _new_tuner(trainable, space, name, storage, base.max_failures)
+        results = tuner.fit()
+    except BaseException:
+        tracker.end_run("FAILED")
+        raise
+    return _finish_sweep(results, space, base.task, name, path, tracker, uri, started)
 
-            searcher = BasicVariantGenerator(random_state=sweep.seed)
-        scheduler = ASHAScheduler(time_attr="step", max_t=sweep.max_steps,
-                                  grace_period=sweep.grace_period,
-                                  reduction_factor=sweep.reduction_factor)
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space.tune_param_space(),
-            tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=searcher,
-                                        scheduler=scheduler, num_samples=sweep.num_samples,
-                                        max_concurrent_trials=sweep.max_concurrent),
-            run_config=tune.RunConfig(
-                name=name, storage_path=storage,
-                failure_config=tune.FailureConfig(max_failures=base.max_failures),
-                callbacks=[SweepProgress(sweep.metric, sweep.max_steps, sweep.num_samples)]),
-        )
-    results = tuner.fit()
 
+def _sweep_definition(path: str, name: str, storage: str, base: TrainConfig,
+                      space: SearchSpace, resume: bool) -> tuple[dict[str, Any], SearchSpace]:
+    """The base config dict and space of the sweep: saved now for a new sweep, read back (and
+    validated again) for a resumed one."""
+    state_uri = _storage_join(path, SWEEP_STATE_FILENAME)
+    saved = _read_text(state_uri)
+    if resume:
+        if saved is None or not tune.Tuner.can_restore(path):
+            raise ConfigError(f"--resume: no sweep named {name!r} under {storage}")
+        state = yaml.safe_load(saved)
+        return state["base"], parse_space(state["space"], state["base"], source=state_uri)
+    if saved is not None:
+        raise ConfigError(f"--name: a sweep named {name!r} already exists under {storage}; "
+                          "pass --resume to continue it, or choose another name")
+    base_dict = to_dict(base)
+    _write_text(state_uri, yaml.safe_dump({"base": base_dict, "space": space.as_dict()},
+                                          sort_keys=False))
+    return base_dict, space
+
+
+def _new_tuner(trainable: Any, space: SearchSpace, name: str, storage: str,
+               max_failures: int) -> tune.Tuner:
+    """The Tuner of a new sweep: ASHA over steps, Optuna TPE (or random) proposals."""
+    sweep = space.sweep
+    searchable = any(p.type != "fixed" for p in space.params)
+    if sweep.searcher == "optuna" and searchable:
+        from ray.tune.search.optuna import OptunaSearch
+
+        searcher: Any = OptunaSearch(seed=sweep.seed)
+    else:  # Optuna cannot propose from an all-fixed space
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        searcher = BasicVariantGenerator(random_state=sweep.seed)
+    scheduler = ASHAScheduler(time_attr="step", max_t=sweep.max_steps,
+                              grace_period=sweep.grace_period,
+                              reduction_factor=sweep.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=space.tune_param_space(),
+        tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=searcher,
+                                    scheduler=scheduler, num_samples=sweep.num_samples,
+                                    max_concurrent_trials=sweep.max_concurrent),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage,
+            # A trial whose process died restarts and resumes its Train run's checkpoint.
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            callbacks=[SweepProgress(sweep.metric, sweep.max_steps, sweep.num_samples)]),
+    )
+
+
+def _finish_sweep(results: Any, space: SearchSpace, task: str, name: str, path: str,
+                  tracker: Tracker, uri: str, started: float) -> SweepResult:
+    """Close the trials' runs, log the table and plot, promote the best trial, end the parent."""
+    sweep = space.sweep
     outcomes = [_outcome(r, sweep) for r in results]
     trial_runs = tracker.find_runs({SWEEP_TAG: name, ROLE_TAG: "trial"}, key="tune_trial_id")
     for outcome in outcomes:
@@ -640,7 +675,7 @@ def run_sweep(base: TrainConfig, space: SearchSpace, *, name: str | None = None,
     best = best_outcome(outcomes)
     version, promoted, note = None, False, "no completed trial: nothing to promote"
     if best is not None:
-        version, promoted, note = _promote(base.task, name, best, trial_runs.get(best.trial_id),
+        version, promoted, note = _promote(task, name, best, trial_runs.get(best.trial_id),
                                            sweep.metric, uri)
     stopped = sum(1 for o in outcomes if o.stop_reason == STOP_EARLY)
     tracker.log_metrics({"trials": len(outcomes), "trials_stopped_early": stopped,
@@ -656,8 +691,8 @@ def _promote(task: str, sweep_name: str, best: TrialOutcome, run_id: str | None,
              uri: str) -> tuple[ModelVersionInfo | None, bool, str]:
     """Register the best trial's model and move the champion alias if it is better."""
     if run_id is None:
-        return None, False, (f"best trial {best.trial_id} has no MLflow run (tracking was "
-                             "unavailable); not registered")
+        return None, False, (f"no MLflow run of best trial {best.trial_id} found at "
+                             f"{uri}; not registered")
     model_name = registered_model_name(task)
     try:
         registry = ModelRegistry(uri)

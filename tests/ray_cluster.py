@@ -217,6 +217,13 @@ class RayTestCluster:
 
         return [n["NodeID"] for n in ray.nodes() if n["Alive"]]
 
+    def live_actors(self, class_name: str) -> list[Any]:
+        """The cluster's ALIVE actors of a class (State API through the dashboard)."""
+        from ray.util.state import list_actors
+
+        return list_actors(address=self.dashboard_url,
+                           filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
+
     @contextlib.contextmanager
     def driver(self) -> Iterator[None]:
         """This process as a driver of the cluster for the block (ray.init, then ray.shutdown),

@@ -14,8 +14,10 @@ from adaray.data import DataConfig
 from adaray.losses import LossConfig
 from adaray.model import ModelConfig
 from adaray.train import OptimConfig, TrainConfig, ValConfig, load_train_config, lr_factor
+from adaray.tune import SweepConfig
 
-CONFIG_CLASSES = (TrainConfig, ModelConfig, LossConfig, DataConfig, OptimConfig, ValConfig)
+CONFIG_CLASSES = (TrainConfig, ModelConfig, LossConfig, DataConfig, OptimConfig, ValConfig,
+                  SweepConfig)
 
 
 def test_overrides_parse_yaml_values_and_nest():
