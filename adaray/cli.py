@@ -163,7 +163,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """`adaray tune`: a per-task sweep on Ray Tune (see adaray.tune)."""
     from adaray.config import to_dict
     from adaray.train import load_train_config
-    from adaray.tune import default_space_path, load_space, run_sweep
+    from adaray.tune import STOP_EARLY, STOP_ERROR, default_space_path, load_space, run_sweep
 
     flags = {"task": args.task, "data.root": args.data, "data.a_dir": args.a_dir,
              "data.b_dir": args.b_dir}
@@ -182,15 +182,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
     space = load_space(args.space or default_space_path(args.task), to_dict(base),
                        sweep_overrides)
     result = run_sweep(base, space, name=args.name, storage=args.storage, resume=args.resume)
-    stopped = sum(1 for o in result.outcomes if o.stop_reason.startswith("stopped"))
+    stopped = sum(1 for o in result.outcomes if o.stop_reason == STOP_EARLY)
     print(f"sweep {result.name}: {len(result.outcomes)} trials ({stopped} stopped early by "
           f"ASHA) in {result.wall_s:.0f} s; results in {result.path}")
     if result.best is not None:
         print(f"best trial {result.best.trial_id}: {space.sweep.metric} "
               f"{result.best.score:.4f} at step {result.best.steps}")
     print(f"promotion: {result.promotion_note}")
-    errors = [o for o in result.outcomes if o.stop_reason == "error"]
-    for outcome in errors:
+    for outcome in (o for o in result.outcomes if o.stop_reason == STOP_ERROR):
         print(f"trial {outcome.trial_id} failed: {outcome.error}", file=sys.stderr)
     return 1 if result.best is None else 0
 
@@ -199,11 +198,16 @@ def cmd_models(args: argparse.Namespace) -> int:
     """`adaray models list`: registered model versions with their scores and aliases."""
     from datetime import datetime
 
-    from adaray.tracking import ModelRegistry, registered_model_name, tracking_uri
+    from adaray.tracking import ModelRegistry, registered_model_name, short_error, tracking_uri
 
     uri = tracking_uri(args.workdir)
     name = registered_model_name(args.task) if args.task else None
-    versions = ModelRegistry(uri).versions(name)
+    try:
+        versions = ModelRegistry(uri).versions(name)
+    except Exception as exc:  # unreachable server, bad URI: say where, no traceback
+        print(f"adaray models: cannot read the model registry at {uri}: {short_error(exc)}",
+              file=sys.stderr)
+        return 1
     if not versions:
         print(f"no registered adasffuse models at {uri}")
         return 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 import yaml
 from conftest import REPO, SAMPLES, SHARED_DATA
 from mlflow_server import MlflowServer, start_mlflow_server
-from ray_cluster import RayTestCluster, wait_for
+from ray_cluster import RayTestCluster, latest_checkpoint_step, wait_for
 
 from adaray import tracking
 from adaray.config import ConfigError, to_dict
@@ -47,6 +48,7 @@ from adaray.tune import (
 TINY = REPO / "configs" / "tiny.yaml"
 BIN = Path(sys.executable).parent
 SWEEP_TIMEOUT = pytest.mark.timeout(600)
+TRIAL_STEP = re.compile(r"\[adaray tune\] trial (\w+) step (\d+)/")
 
 # The test sweeps: 30 steps, validation (and an ASHA result) every 10, rungs at 10 and 20.
 SWEEP_SPACE = {
@@ -440,6 +442,9 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(
     finished = {t: step for t, (status, step) in before.items() if status == "TERMINATED"}
     assert finished and len(finished) < 3, before
     lines_before = _result_lines(folder)
+    # Unfinished trials that had checkpointed: their Train runs must continue from there.
+    checkpointed = {t: step for t in before if t not in finished
+                    and (step := latest_checkpoint_step(folder / "train" / t)) is not None}
 
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env,
                              timeout=500, stdin=subprocess.DEVNULL)
@@ -456,5 +461,11 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(
         assert _result_lines(folder)[trial_id] == lines_before[trial_id]
     table = (folder / "summary" / "trials.csv").read_text().splitlines()[1:]
     assert sorted(row.split(",")[1] for row in table) == sorted(after)
-    print(f"\nsweep driver killed with trials {sorted(finished)} finished; resume ran "
-          f"{sorted(set(after) - set(finished))}")
+    reported = {}
+    for match in TRIAL_STEP.finditer(output):
+        reported.setdefault(match.group(1), int(match.group(2)))
+    for trial_id, step in checkpointed.items():  # first report after the checkpoint's step
+        assert reported.get(trial_id, 0) > step, (trial_id, step, reported)
+    print(f"\nsweep driver killed with trials {sorted(finished)} finished and "
+          f"{checkpointed or 'no unfinished trial'} checkpointed; resume ran "
+          f"{sorted(set(after) - set(finished))}, first reported steps {reported}")
