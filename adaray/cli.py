@@ -76,13 +76,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_fuse(args: argparse.Namespace) -> int:
-    """Fuse one pair (A B -o OUT.png) or every pair under --data (-o OUTDIR)."""
+    """Fuse one pair (A B -o OUT.png) or every pair under --data (-o OUTDIR): with a served
+    model (--url), a trained one (--model) or an initialised one."""
     from adaray.data import check_pairs, discover_pairs, read_image, write_image
     from adaray.fusion import fuse_arrays
 
-    model = _build_model(_model_config(args.config), seed=args.seed)
-    print("note: no trained weights given; fusing with an initialised (untrained) model "
-          f"(seed {args.seed})", file=sys.stderr)
     out = Path(args.output)
     if args.data:
         if args.a or args.b:
@@ -94,13 +92,74 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if not (args.a and args.b):
             raise SystemExit("adaray fuse: give two images A B (or --data DIR)")
         jobs = [(Path(args.a), Path(args.b), out)]
+    if args.url and (args.model or args.config):
+        raise SystemExit("adaray fuse: --url uses the served model; drop --model/--config")
+    model = None
+    if args.model:
+        from adaray.tracking import load_model_from, tracking_uri
+
+        model = load_model_from(args.model, tracking_uri(args.workdir))
+    elif not args.url:
+        model = _build_model(_model_config(args.config), seed=args.seed)
+        print("note: no trained weights given (--model or --url); fusing with an initialised "
+              f"(untrained) model (seed {args.seed})", file=sys.stderr)
     for index, (path_a, path_b, target) in enumerate(jobs, start=1):
         start = time.perf_counter()
-        fused = fuse_arrays(model, read_image(path_a), read_image(path_b))
-        write_image(target, fused)
+        if model is None:
+            from adaray.serving import RequestError, post_fuse
+
+            try:
+                png, _ = post_fuse(args.url, path_a, path_b, args.task)
+            except RequestError as exc:
+                print(f"adaray fuse: {args.url} refused {path_a.name} + {path_b.name} "
+                      f"(HTTP {exc.status}): {exc.reason}", file=sys.stderr)
+                return 1
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
+        else:
+            write_image(target, fuse_arrays(model, read_image(path_a), read_image(path_b)))
         sources = f"{path_a.parent.name}/{path_a.name} + {path_b.parent.name}/{path_b.name}"
         print(f"[{index}/{len(jobs)}] {sources} -> {target} "
               f"({time.perf_counter() - start:.2f} s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`adaray serve`: the Serve app of serve/config.yaml on a local (or RAY_ADDRESS) cluster,
+    until SIGTERM or Ctrl-C."""
+    import importlib
+    import signal
+    import threading
+
+    import ray
+    from ray import serve
+
+    from adaray.config import from_dict
+    from adaray.serving import ServeConfig, read_serve_config
+
+    spec = read_serve_config(args.config)
+    from_dict(ServeConfig, dict(spec.args))  # bad args fail here, before Ray starts
+    host = args.host or spec.host
+    port = args.port or spec.port
+    root = str(Path(__file__).resolve().parent.parent)  # where serve/app.py lives
+    sys.path.insert(0, root)
+    app_module = importlib.import_module("serve.app")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": root}})
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(app_module.build_app(spec.args, spec.deployments), name=spec.name,
+                  route_prefix=spec.route_prefix, blocking=False)
+        print(f"adaray serve: http://{host}:{port}{spec.route_prefix.rstrip('/')}/fuse "
+              f"(docs at /docs); tasks {', '.join(spec.args.get('tasks') or TASKS)}; "
+              "Ctrl-C or SIGTERM stops", flush=True)
+        stop.wait()
+    finally:
+        print("adaray serve: shutting down", flush=True)
+        serve.shutdown()
+        ray.shutdown()
     return 0
 
 
@@ -267,9 +326,22 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--data", help="folder to discover pairs in (see README, 'Data')")
     fuse.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
     fuse.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
-    fuse.add_argument("--config", help="ModelConfig YAML (default: the paper's config)")
+    fuse.add_argument("--model", help="trained model: model.pt, a checkpoint folder, "
+                                      "runs:/ID/model or models:/adasffuse-TASK@champion")
+    fuse.add_argument("--url", help="fuse with the Serve app at this URL (adaray serve)")
+    fuse.add_argument("--workdir", default="adaray_work",
+                      help="work folder of the embedded MLflow store (for --model URIs)")
+    fuse.add_argument("--config", help="ModelConfig YAML of an initialised model")
     fuse.add_argument("--seed", type=int, default=0, help="initialisation seed")
     fuse.set_defaults(func=cmd_fuse)
+
+    serve_cmd = sub.add_parser("serve", help="serve the champion models over HTTP (Ray Serve)")
+    serve_cmd.add_argument("--config", default=str(Path(__file__).resolve().parent.parent
+                                                  / "serve" / "config.yaml"),
+                           help="Serve config (default: serve/config.yaml)")
+    serve_cmd.add_argument("--host", help="HTTP host (default: the config's, 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="HTTP port (default: the config's, 8000)")
+    serve_cmd.set_defaults(func=cmd_serve)
 
     train = sub.add_parser("train", help="train on Ray Train, tracked in MLflow")
     add_train_arguments(train)

@@ -1,6 +1,7 @@
 """Fuse image arrays with a model: luma through the network, chroma rebuilt per MODEL.md.
 
-This is the one inference path; the CLI, evaluation and serving call `fuse_arrays`.
+This is the one inference path: the CLI and evaluation call `fuse_arrays`, serving calls
+`fuse_batch` for same-size requests it has grouped (the same code, N pairs per forward pass).
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ from adaray.data.color import fuse_chroma, merge_luma, split_luma
 
 def fuse_luma(model: nn.Module, y_a: np.ndarray, y_b: np.ndarray) -> np.ndarray:
     """Fuse two (H, W) luma planes in [0, 1] with `model` in eval mode; returns (H, W) in [0, 1]."""
+    return fuse_luma_batch(model, np.stack([y_a]), np.stack([y_b]))[0]
+
+
+def fuse_luma_batch(model: nn.Module, y_a: np.ndarray, y_b: np.ndarray) -> np.ndarray:
+    """Fuse (N, H, W) luma stacks in [0, 1] in one forward pass; returns (N, H, W) in [0, 1]."""
     param = next(model.parameters())
     a, b = (
-        torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[None, None].to(param.device)
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[:, None].to(param.device)
         for y in (y_a, y_b)
     )
     was_training = model.training
@@ -26,13 +32,23 @@ def fuse_luma(model: nn.Module, y_a: np.ndarray, y_b: np.ndarray) -> np.ndarray:
             fused = model(a, b)
     finally:
         model.train(was_training)
-    return fused[0, 0].clamp(0, 1).float().cpu().numpy()
+    return fused[:, 0].clamp(0, 1).float().cpu().numpy()
 
 
 def fuse_arrays(model: nn.Module, img_a: np.ndarray, img_b: np.ndarray) -> np.ndarray:
     """Fuse two images (H,W) or (H,W,3) float in [0,1]; color output when a source is color."""
-    if img_a.shape[:2] != img_b.shape[:2]:
-        raise ValueError(f"source sizes differ: {img_a.shape[:2]} vs {img_b.shape[:2]}")
-    y_a, cbcr_a = split_luma(img_a)
-    y_b, cbcr_b = split_luma(img_b)
-    return merge_luma(fuse_luma(model, y_a, y_b), fuse_chroma(cbcr_a, cbcr_b))
+    return fuse_batch(model, [(img_a, img_b)])[0]
+
+
+def fuse_batch(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+    """Fuse pairs of images of one size in a single forward pass (as `fuse_arrays` does each)."""
+    for img_a, img_b in pairs:
+        if img_a.shape[:2] != img_b.shape[:2]:
+            raise ValueError(f"source sizes differ: {img_a.shape[:2]} vs {img_b.shape[:2]}")
+    if len({img_a.shape[:2] for img_a, _ in pairs}) > 1:
+        raise ValueError("fuse_batch needs pairs of one size; fuse other sizes separately")
+    split = [(split_luma(img_a), split_luma(img_b)) for img_a, img_b in pairs]
+    fused = fuse_luma_batch(model, np.stack([ya for (ya, _), _ in split]),
+                            np.stack([yb for _, (yb, _) in split]))
+    return [merge_luma(y, fuse_chroma(cbcr_a, cbcr_b))
+            for y, ((_, cbcr_a), (_, cbcr_b)) in zip(fused, split, strict=True)]

@@ -429,6 +429,14 @@ def _registered_version_uri(model_uri: str, tracking_uri: str | None) -> str:
     return client.get_model_version_download_uri(name, version)
 
 
+def load_model_from(source: str, tracking_uri: str | None = None) -> AdaSFFuse:
+    """A model from a logged-model URI (`runs:/`, `models:/`) or a model file / checkpoint
+    folder path: the one loader of `adaray fuse --model` and the Serve app."""
+    if source.startswith(("runs:/", "models:/")):
+        return load_logged_model(source, tracking_uri)
+    return load_model(source)
+
+
 def load_logged_model(model_uri: str, tracking_uri: str | None = None) -> AdaSFFuse:
     """Download a logged model (`runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`)
     and load it with weights_only=True. `tracking_uri` (e.g. `tracking_uri(workdir)`) defaults to
@@ -523,16 +531,20 @@ class ModelRegistry:
         mv = self.client.create_model_version(name, source, run_id=run_id, tags=all_tags)
         return _version_info(self.client.get_model_version(name, mv.version))
 
-    def champion(self, name: str) -> ModelVersionInfo | None:
-        """The version holding the `champion` alias, or None (no model or no champion yet)."""
+    def alias_version(self, name: str, alias: str) -> ModelVersionInfo | None:
+        """The version holding `alias`, or None (no such model or alias)."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return _version_info(self.client.get_model_version_by_alias(name, CHAMPION_ALIAS))
+            return _version_info(self.client.get_model_version_by_alias(name, alias))
         except MlflowException as exc:
             if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 return None
             raise
+
+    def champion(self, name: str) -> ModelVersionInfo | None:
+        """The version holding the `champion` alias, or None (no model or no champion yet)."""
+        return self.alias_version(name, CHAMPION_ALIAS)
 
     def promote_if_better(self, candidate: ModelVersionInfo) -> tuple[bool, str]:
         """Give `candidate` the champion alias only if its score beats the current champion's.

@@ -111,20 +111,26 @@ def read_image(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, name: str) -> np.ndarray:
+    """Decode an image file's bytes as `read_image` does; `name` labels error messages
+    (a path, or an upload's field and file name)."""
     if not data:
-        raise ImageReadError(f"{path}: empty file")
+        raise ImageReadError(f"{name}: empty file")
     reason = _truncation_reason(data)
     if reason:
-        raise ImageReadError(f"{path}: {reason}")
+        raise ImageReadError(f"{name}: {reason}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageReadError(f"{path}: not a readable image (unknown format or corrupt data)")
+        raise ImageReadError(f"{name}: not a readable image (unknown format or corrupt data)")
     scale = _SAMPLE_SCALE.get(image.dtype)
     if scale is None:
-        raise ImageReadError(f"{path}: unsupported sample type {image.dtype} (need 8 or 16 bit)")
+        raise ImageReadError(f"{name}: unsupported sample type {image.dtype} (need 8 or 16 bit)")
     if image.ndim == 3:  # OpenCV decodes color as BGR or BGRA (gray + alpha too): alpha dropped
         if image.shape[2] not in (3, 4):
-            raise ImageReadError(f"{path}: unsupported channel count {image.shape[2]}")
+            raise ImageReadError(f"{name}: unsupported channel count {image.shape[2]}")
         image = image[:, :, 2::-1]
     pixels = image.astype(np.float32)  # a contiguous copy, also of the channel-reversed view
     pixels /= scale
@@ -140,18 +146,24 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"{path}: write_image writes PNG files; use a .png name")
+    encoded = encode_png(image, str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded)
+
+
+def encode_png(image: np.ndarray, name: str = "image") -> bytes:
+    """The 8-bit PNG bytes `write_image` would write; `name` labels error messages."""
     array = np.asarray(image)
     if not np.isfinite(array).all():
-        raise ValueError(f"{path}: image has NaN or infinite values")
+        raise ValueError(f"{name}: image has NaN or infinite values")
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] == 3)):
-        raise ValueError(f"{path}: expected an (H, W) or (H, W, 3) image, got shape {array.shape}")
+        raise ValueError(f"{name}: expected an (H, W) or (H, W, 3) image, got shape {array.shape}")
     levels = np.rint(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
     if levels.ndim == 3:
         levels = np.ascontiguousarray(levels[:, :, ::-1])  # RGB -> BGR for OpenCV
     ok, encoded = cv2.imencode(".png", levels)
     if not ok:
-        raise ValueError(f"{path}: PNG encoding failed")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encoded.tobytes())
+        raise ValueError(f"{name}: PNG encoding failed")
+    return encoded.tobytes()
