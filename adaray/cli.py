@@ -145,9 +145,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sys.path.insert(0, root)
     app_module = importlib.import_module("serve.app")
     stop = threading.Event()
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": root}})
+    # After ray.init, whose core worker installs its own (aborting) SIGTERM handler.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": root}})
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(app_module.build_app(spec.args, spec.deployments), name=spec.name,

@@ -255,6 +255,9 @@ def build_app(args: dict[str, Any],
     """
     config = to_dict(from_dict(ServeConfig, dict(args or {})))  # bad config fails at deploy
     options = deployments or {}
-    models = FusionModels.options(**options.get("FusionModels", {}))
+    # A replica must accept enough requests at once for its batches to fill.
+    model_options = {"max_ongoing_requests": 4 * config["max_batch_size"],
+                     **options.get("FusionModels", {})}
+    models = FusionModels.options(**model_options)
     ingress = FusionAPI.options(**options.get("FusionAPI", {}))
     return ingress.bind(models.bind(config), config)

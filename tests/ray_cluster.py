@@ -225,14 +225,14 @@ class RayTestCluster:
                            filters=[("class_name", "=", class_name), ("state", "=", "ALIVE")])
 
     @contextlib.contextmanager
-    def driver(self) -> Iterator[None]:
+    def driver(self, runtime_env: dict[str, Any] | None = None) -> Iterator[None]:
         """This process as a driver of the cluster for the block (ray.init, then ray.shutdown),
         so later tests that start their own Ray in this process are not affected."""
         import ray
 
         if ray.is_initialized():
             raise RuntimeError("ray is already initialized in this process")
-        ray.init(address=self.address, logging_level="WARNING")
+        ray.init(address=self.address, logging_level="WARNING", runtime_env=runtime_env)
         try:
             yield
         finally:

@@ -83,3 +83,43 @@ def test_bad_model_config_names_the_field(tmp_path, capsys):
     assert main(["info", "--config", str(path), "--sizes", "16"]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "headdim" in err
+
+
+def test_fuse_with_a_trained_model_file_matches_the_library(tmp_path):
+    import torch
+
+    from adaray.checkpoint import save_model
+    from adaray.fusion import fuse_arrays
+    from adaray.model import AdaSFFuse
+
+    torch.manual_seed(3)
+    model = AdaSFFuse(SMALL).eval()
+    path = save_model(tmp_path / "model.pt", model)
+    a = SAMPLES / "MIF" / "CT" / "2004.png"
+    b = SAMPLES / "MIF" / "MRI" / "2004.png"
+    out = tmp_path / "fused.png"
+    assert main(["fuse", str(a), str(b), "-o", str(out), "--model", str(path)]) == 0
+    expected = np.rint(np.clip(fuse_arrays(model, read_image(a), read_image(b)), 0, 1) * 255)
+    assert np.array_equal(np.rint(read_image(out) * 255), expected)
+
+
+def test_fuse_with_a_missing_model_names_it(tmp_path, capsys):
+    a = SAMPLES / "MIF" / "CT" / "2004.png"
+    b = SAMPLES / "MIF" / "MRI" / "2004.png"
+    missing = tmp_path / "nope" / "model.pt"
+    code = main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.png"), "--model", str(missing)])
+    assert code == 2
+    assert f"model file not found: {missing}" in capsys.readouterr().err
+
+
+def test_serve_with_a_bad_config_fails_before_ray_naming_the_field(tmp_path, capsys):
+    import ray
+
+    config = tmp_path / "serve.yaml"
+    text = (SAMPLES.parent / "serve" / "config.yaml").read_text()
+    config.write_text(text.replace("max_pixels: 16777216", "max_pixels: -5"))
+    was_initialized = ray.is_initialized()
+    assert main(["serve", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"{config}: applications[0].args.max_pixels: must be >= 1" in err, err
+    assert ray.is_initialized() == was_initialized

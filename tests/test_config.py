@@ -13,11 +13,12 @@ from adaray.config import ConfigError, apply_overrides
 from adaray.data import DataConfig
 from adaray.losses import LossConfig
 from adaray.model import ModelConfig
+from adaray.serving import ServeConfig
 from adaray.train import OptimConfig, TrainConfig, ValConfig, load_train_config, lr_factor
 from adaray.tune import SweepConfig
 
 CONFIG_CLASSES = (TrainConfig, ModelConfig, LossConfig, DataConfig, OptimConfig, ValConfig,
-                  SweepConfig)
+                  SweepConfig, ServeConfig)
 
 
 def test_overrides_parse_yaml_values_and_nest():
