@@ -348,10 +348,18 @@ def test_ray_job_submit_reaches_succeeded(ray_cluster, tmp_path):
                   "--name", "job", "--max-steps", "4", "--storage", str(tmp_path / "runs"),
                   "--set", f"workdir={tmp_path / 'work'}", "--set", "log_every=2",
                   "--set", "ckpt_every=4"]
-    submit = subprocess.run([str(BIN / "ray"), "job", "submit", "--address",
-                             ray_cluster.dashboard_url, "--submission-id", submission_id,
-                             "--no-wait", "--", *entrypoint],
-                            capture_output=True, text=True, env=ray_cluster.env(), timeout=60)
+    command = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
+               "--submission-id", submission_id, "--no-wait", "--", *entrypoint]
+    # The head's job agent registers with the dashboard asynchronously; until it has, the job
+    # server answers "No available agent to submit job, please try again later" (a busy host
+    # can take a while): retry that answer, as the message asks, for up to a minute.
+    deadline = time.monotonic() + 60
+    while True:
+        submit = subprocess.run(command, capture_output=True, text=True, env=ray_cluster.env(),
+                                timeout=60)
+        if "No available agent" not in submit.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, submit.stdout + submit.stderr
 
     client = JobSubmissionClient(ray_cluster.dashboard_url)
