@@ -1,6 +1,6 @@
 """Serving overhead: HTTP latency and throughput of the Serve app vs the in-process forward.
 
-    python bench/serve.py [--paper-model] [--requests 48] [--concurrency 1 4 16]
+    python bench/serving.py [--paper-model] [--requests 48] [--concurrency 1 4 16]
 
 Starts a local Ray, deploys serve/app.py on loopback with one model replica (1 CPU) serving a
 model file made here (the tiny test model, or the paper's with --paper-model), and posts a real

@@ -1,0 +1,1 @@
+"""The Ray Serve application of adaray (serve/app.py, serve/config.yaml)."""
