@@ -20,9 +20,10 @@ def fuse_luma(model: nn.Module, y_a: np.ndarray, y_b: np.ndarray) -> np.ndarray:
 
 def fuse_luma_batch(model: nn.Module, y_a: np.ndarray, y_b: np.ndarray) -> np.ndarray:
     """Fuse (N, H, W) luma stacks in [0, 1] in one forward pass; returns (N, H, W) in [0, 1]."""
-    param = next(model.parameters())
+    param = next(model.parameters(), None)  # classical baselines have none: CPU
+    device = param.device if param is not None else torch.device("cpu")
     a, b = (
-        torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[:, None].to(param.device)
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))[:, None].to(device)
         for y in (y_a, y_b)
     )
     was_training = model.training

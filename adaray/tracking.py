@@ -429,9 +429,14 @@ def _registered_version_uri(model_uri: str, tracking_uri: str | None) -> str:
     return client.get_model_version_download_uri(name, version)
 
 
-def load_model_from(source: str, tracking_uri: str | None = None) -> AdaSFFuse:
-    """A model from a logged-model URI (`runs:/`, `models:/`) or a model file / checkpoint
-    folder path: the one loader of `adaray fuse --model` and the Serve app."""
+def load_model_from(source: str, tracking_uri: str | None = None) -> nn.Module:
+    """A model from a logged-model URI (`runs:/`, `models:/`), a classical baseline
+    (`baseline:NAME`) or a model file / checkpoint folder path: the one loader of
+    `adaray fuse --model`, `adaray evaluate` and the Serve app."""
+    from adaray.baselines import BASELINE_PREFIX, get_baseline
+
+    if source.startswith(BASELINE_PREFIX):
+        return get_baseline(source)
     if source.startswith(("runs:/", "models:/")):
         return load_logged_model(source, tracking_uri)
     return load_model(source)

@@ -100,6 +100,7 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
             "max_pixels": MAX_PIXELS, "max_batch_size": 8, "batch_wait_timeout_s": 0.05,
             "max_models_per_replica": 4, "workdir": str(workdir)}
     small = {"FusionModels": {"num_replicas": 1, "max_ongoing_requests": 32,
+                              "health_check_period_s": 2,
                               "ray_actor_options": {"num_cpus": 0.5}},
              "FusionAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}}
     port = _free_port()
