@@ -282,6 +282,34 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `adaray evaluate` (and of jobs/evaluate.py, which takes the same)."""
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    parser.add_argument("--data", required=True, help="folder to discover pairs in")
+    parser.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
+    parser.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+    parser.add_argument("--model", action="append", required=True, metavar="SOURCE",
+                        help="model.pt, a checkpoint folder, runs:/ID/model, "
+                             "models:/NAME@ALIAS or baseline:NAME (average, max, dwt, "
+                             "laplacian, mertens); repeatable")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--metrics", nargs="+", help="metrics to compute (default: all)")
+    parser.add_argument("--workdir", default="adaray_work",
+                        help="work folder of the embedded MLflow store")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """`adaray evaluate`: every pair with every model on Ray; tables, images and a grid."""
+    from adaray.evaluate import evaluate_models
+
+    result = evaluate_models(args.task, args.data, args.model, args.out, a_dir=args.a_dir,
+                             b_dir=args.b_dir, metrics=args.metrics, workdir=args.workdir)
+    print((result.out / "summary.md").read_text())
+    print(f"evaluated {len(result.rows)} fused images in {result.wall_s:.0f} s: "
+          f"{result.out}/summary.md, metrics_per_pair.csv, grid.png, fused/")
+    return 0
+
+
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `adaray tune` (and of jobs/tune.py, which takes the same)."""
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -335,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--config", help="ModelConfig YAML of an initialised model")
     fuse.add_argument("--seed", type=int, default=0, help="initialisation seed")
     fuse.set_defaults(func=cmd_fuse)
+
+    evaluate = sub.add_parser("evaluate", help="score models and baselines on pairs (Ray)")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
 
     serve_cmd = sub.add_parser("serve", help="serve the champion models over HTTP (Ray Serve)")
     serve_cmd.add_argument("--config", default=str(Path(__file__).resolve().parent.parent

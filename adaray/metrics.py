@@ -560,3 +560,20 @@ def evaluate(
         if name not in scores:
             scores[name] = METRICS[name](F, A, B)
     return {name: scores[name] for name in names}
+
+
+def as_8bit_luma(image: ArrayLike) -> np.ndarray:
+    """The luma of a float image in [0, 1], (H, W) or (H, W, 3) RGB, as the 0..255 levels an
+    8-bit file would hold (how published fusion numbers are scored)."""
+    from adaray.data.color import split_luma
+
+    return np.round(np.clip(split_luma(np.asarray(image, dtype=np.float64))[0], 0.0, 1.0) * 255.0)
+
+
+def evaluate_images(
+    fused: ArrayLike, a: ArrayLike, b: ArrayLike, metrics: str | Iterable[str] | None = None
+) -> dict[str, float]:
+    """`evaluate` on the 8-bit luma of float images in [0, 1] (gray or RGB): the scoring used by
+    validation, `adaray evaluate` and the Serve app's `metrics=true`."""
+    return {name: float(value) for name, value in
+            evaluate(as_8bit_luma(fused), as_8bit_luma(a), as_8bit_luma(b), metrics).items()}

@@ -233,8 +233,7 @@ def validate(
             a, b = item["a"][None].to(device), item["b"][None].to(device)
             fused = net(a, b)[0, 0].float().cpu().numpy()
             a_np, b_np = item["a"][0].numpy(), item["b"][0].numpy()
-            scores = fusion_metrics.evaluate(_as_8bit(fused), _as_8bit(a_np), _as_8bit(b_np),
-                                             names)
+            scores = fusion_metrics.evaluate_images(fused, a_np, b_np, names)
             scores["val_score"] = sum(scores[m] / s for m, s in VAL_SCORE_SCALES.items()) / len(
                 VAL_SCORE_SCALES)
             for key, value in scores.items():
@@ -244,11 +243,6 @@ def validate(
     net.train(was_training)
     means = {k: float(v) / max(1, len(val_set)) for k, v in totals.items()}
     return means, _stack_rows(rows)
-
-
-def _as_8bit(plane: np.ndarray) -> np.ndarray:
-    """[0, 1] floats as the 0..255 integer values an 8-bit image file would hold."""
-    return np.round(np.clip(plane, 0.0, 1.0) * 255.0)
 
 
 def _stack_rows(rows: list[np.ndarray]) -> np.ndarray | None:

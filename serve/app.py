@@ -70,14 +70,6 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _metrics(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Issue A's metrics of the fused luma against the source lumas, on 8-bit levels."""
-    from adaray.data.color import split_luma
-
-    planes = [np.round(np.clip(split_luma(x)[0], 0, 1) * 255) for x in (fused, a, b)]
-    return {k: float(v) for k, v in fusion_metrics.evaluate(*planes).items()}
-
-
 @serve.deployment(name="FusionModels")
 class FusionModels:
     """Loads task models on demand (multiplexed by task) and fuses batched requests."""
@@ -242,7 +234,7 @@ class FusionAPI:
             "model": info, "batch_size": result["batch_size"],
             "fuse_ms": result["fuse_ms"], "total_ms": (time.perf_counter() - started) * 1000}
         if metrics:
-            body["metrics"] = _metrics(fused, images["a"], images["b"])
+            body["metrics"] = fusion_metrics.evaluate_images(fused, images["a"], images["b"])
         return JSONResponse(body, headers=headers)
 
 

@@ -8,9 +8,9 @@ import torch
 from conftest import SAMPLES
 
 from adaray.baselines import LUMA_FUSERS, fuse_dwt, fuse_laplacian, get_baseline
-from adaray.data import discover_pairs, read_image, split_luma
+from adaray.data import discover_pairs, read_image
 from adaray.fusion import fuse_arrays
-from adaray.metrics import evaluate
+from adaray.metrics import evaluate_images
 from adaray.tracking import load_model_from
 
 FOLDERS = {"ivf": "IVF", "mef": "MEF", "mff": "MFF", "mif": "MIF"}
@@ -22,8 +22,7 @@ def _pairs(task: str) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def _qabf(fused: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    planes = [np.round(np.clip(split_luma(x)[0], 0, 1) * 255) for x in (fused, a, b)]
-    return evaluate(*planes, metrics=["Qabf"])["Qabf"]
+    return evaluate_images(fused, a, b, ["Qabf"])["Qabf"]
 
 
 @pytest.mark.parametrize("name", list(LUMA_FUSERS))
