@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.adaray-installed
-DEMO_OUT ?= demo_out
+DEMO_WORK ?= adaray_work
 
 .PHONY: setup demo test lint bench clean
 
@@ -18,11 +18,8 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/adaray info --model --repeats 1
-	for task in ivf mef mff mif; do \
-	  $(BIN)/adaray fuse --task $$task --data samples -o $(DEMO_OUT)/$$task || exit 1; \
-	done
-	@echo "fused sample pairs written under $(DEMO_OUT)/"
+	$(BIN)/adaray info
+	$(BIN)/adaray demo --workdir $(DEMO_WORK)
 
 test: setup
 	$(BIN)/ruff check .
@@ -34,4 +31,4 @@ bench: setup
 	$(BIN)/python bench/model.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -127,25 +127,20 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """`adaray serve`: the Serve app of serve/config.yaml on a local (or RAY_ADDRESS) cluster,
     until SIGTERM or Ctrl-C."""
-    import importlib
     import signal
     import threading
 
     import ray
     from ray import serve
 
-    from adaray.config import from_dict
-    from adaray.serving import ServeConfig, read_serve_config
+    from adaray.serving import read_serve_config, serve_app_module, serve_runtime_env
 
-    spec = read_serve_config(args.config)
-    from_dict(ServeConfig, dict(spec.args))  # bad args fail here, before Ray starts
+    spec = read_serve_config(args.config)  # bad args fail here, before Ray starts
     host = args.host or spec.host
     port = args.port or spec.port
-    root = str(Path(__file__).resolve().parent.parent)  # where serve/app.py lives
-    sys.path.insert(0, root)
-    app_module = importlib.import_module("serve.app")
+    app_module = serve_app_module()
     stop = threading.Event()
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": root}})
+    ray.init(runtime_env=serve_runtime_env())
     # After ray.init, whose core worker installs its own (aborting) SIGTERM handler.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -282,6 +277,14 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """`adaray demo`: train, sweep, promote, evaluate and serve on embedded defaults."""
+    from adaray.demo import run_demo
+
+    run_demo(args.task, args.data, args.workdir, quick=args.quick)
+    return 0
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `adaray evaluate` (and of jobs/evaluate.py, which takes the same)."""
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -363,6 +366,16 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--config", help="ModelConfig YAML of an initialised model")
     fuse.add_argument("--seed", type=int, default=0, help="initialisation seed")
     fuse.set_defaults(func=cmd_fuse)
+
+    demo = sub.add_parser("demo", help="train, sweep, promote, evaluate and serve, locally")
+    demo.add_argument("--task", choices=sorted(TASKS), default="ivf")
+    demo.add_argument("--data", help="folder to discover pairs in (default: the bundled "
+                                     "samples/)")
+    demo.add_argument("--workdir", default="adaray_work",
+                      help="work folder: MLflow store, checkpoints, sweeps, reports")
+    demo.add_argument("--quick", action="store_true",
+                      help="a few steps per phase (what the tests run)")
+    demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser("evaluate", help="score models and baselines on pairs (Ray)")
     add_evaluate_arguments(evaluate)

@@ -21,6 +21,7 @@ from adaray.data.io import ImageReadError, decode_image
 from adaray.tasks import TASKS
 
 OUTPUTS = ("png", "json")
+REPO_ROOT = Path(__file__).resolve().parent.parent  # holds serve/app.py
 
 
 @dataclass
@@ -220,3 +221,19 @@ def post_fuse(url: str, path_a: str | Path, path_b: str | Path, task: str,
             reason = response.text[:500]
         raise RequestError(response.status_code, reason)
     return response.content, dict(response.headers)
+
+
+def serve_app_module() -> Any:
+    """serve/app.py of this checkout, imported as `serve.app` (what Serve's import_path and
+    the replicas use; replicas find it through `serve_runtime_env()`)."""
+    import importlib
+    import sys
+
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    return importlib.import_module("serve.app")
+
+
+def serve_runtime_env() -> dict[str, Any]:
+    """The job runtime env under which Serve replicas can import `serve.app`."""
+    return {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
