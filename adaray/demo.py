@@ -155,8 +155,9 @@ def _evaluate(task: str, data: Path, models: list[str], out: Path, workdir: Path
     baselines = ["baseline:average", "baseline:laplacian", "baseline:dwt"]
     if task == "mef":
         baselines.append("baseline:mertens")
+    labels = ["champion", "trained", *[b.removeprefix("baseline:") for b in baselines]]
     result = evaluate_models(task, data, [*models, *baselines], out, workdir=workdir,
-                             metrics=["Qabf", "VIF", "SSIM", "EN", "SF", "MI"])
+                             metrics=["Qabf", "VIF", "SSIM", "EN", "SF", "MI"], labels=labels)
     print((result.out / "summary.md").read_text(), flush=True)
     return result
 

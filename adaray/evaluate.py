@@ -137,9 +137,11 @@ def comparison_grid(pairs: list[ImagePair], labels: list[str], out: Path,
 def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | Path, *,
                     a_dir: str | None = None, b_dir: str | None = None,
                     metrics: list[str] | None = None, workdir: str | Path = "adaray_work",
+                    labels: list[str] | None = None,
                     cpus_per_task: float = 1.0) -> EvaluationResult:
     """Fuse every pair under `data` with every model source, score, write the reports.
 
+    `labels` names the models in the reports (default: from each source, `model_label`).
     Bad input (no pairs, unreadable or mismatched files, an unknown metric or baseline, a
     missing model file) fails before Ray starts. Logs an evaluation run to MLflow (the
     tracking URI of `workdir`, or MLFLOW_TRACKING_URI); a tracking outage only warns.
@@ -155,7 +157,9 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
                          f"{', '.join(METRICS)})")
     if not sources:
         raise ValueError("--model: give at least one model or baseline:NAME")
-    labels = [model_label(s) for s in sources]
+    labels = [model_label(s) for s in labels or sources]
+    if len(labels) != len(sources):
+        raise ValueError(f"labels: {len(labels)} labels for {len(sources)} models")
     resolved = []  # local paths made absolute: Ray workers have their own working folder
     for source in sources:
         if source.startswith(BASELINE_PREFIX):
@@ -204,7 +208,9 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     tracker.start_run(f"evaluate-{task}", {"task": task, "data": str(data),
                                            "models": ", ".join(sources), "pairs": len(pairs)},
                       {"task": task, "adaray.role": "evaluation"})
-    tracker.log_metrics({f"{label}.{name}": value for label, values in means.items()
+    # MLflow metric names allow ":" but not "@" (as in NAME@ALIAS).
+    tracker.log_metrics({f"{label.replace('@', ':')}.{name}": value
+                         for label, values in means.items()
                          for name, value in values.items() if not math.isnan(value)}, step=0)
     for name in ("summary.md", "summary.json", "metrics_per_pair.csv", "grid.png"):
         tracker.log_artifact(out / name, "evaluation")
