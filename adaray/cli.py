@@ -146,7 +146,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(app_module.build_app(spec.args, spec.deployments), name=spec.name,
+        serve.run(app_module.build_application(spec.args, spec.deployments), name=spec.name,
                   route_prefix=spec.route_prefix, blocking=False)
         print(f"adaray serve: http://{host}:{port}{spec.route_prefix.rstrip('/')}/fuse "
               f"(docs at /docs); tasks {', '.join(spec.args.get('tasks') or TASKS)}; "

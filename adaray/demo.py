@@ -168,10 +168,10 @@ def _serve_and_fuse(task: str, data: Path, workdir: Path, out: Path) -> tuple[st
     from adaray.data import discover_pairs
     from adaray.serving import post_fuse, serve_app_module
 
-    build_app = serve_app_module().build_app
+    build_application = serve_app_module().build_application
     port = _free_port(8000)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    app = build_app({"tasks": [task], "workdir": str(workdir)},
+    app = build_application({"tasks": [task], "workdir": str(workdir)},
                     {"FusionModels": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 1}},
                      "FusionAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}})
     serve.run(app, name="adaray", route_prefix="/")

@@ -75,7 +75,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import build_app
+    from serve.app import build_application
 
     configure_allocator()
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_model(Path(tmp) / "model.pt", model)
             for batch in (8, 1):
-                app = build_app(
+                app = build_application(
                     {"tasks": ["mif"], "models": {"mif": str(path)}, "max_batch_size": batch,
                      "batch_wait_timeout_s": 0.01},
                     {"FusionModels": {"num_replicas": 1, "max_ongoing_requests": 64,

@@ -7,7 +7,8 @@ Two deployments. `FusionAPI` is the FastAPI ingress: it parses and checks each r
 with a 4xx/503 status. `FusionModels` holds the models: one deployment for every task through
 Serve model multiplexing (model id = task, an LRU of `max_models_per_replica` loaded models per
 replica), and `@serve.batch` groups concurrent requests so that those of one task and size are
-fused in one forward pass. `build_app(args)` builds the application from a `ServeConfig` dict.
+fused in one forward pass. `build_app(args)` builds the application from a `ServeConfig` dict
+(`build_application(args, deployments)` also applies deployment options).
 """
 
 import asyncio
@@ -238,13 +239,16 @@ class FusionAPI:
         return JSONResponse(body, headers=headers)
 
 
-def build_app(args: dict[str, Any],
-              deployments: dict[str, dict[str, Any]] | None = None) -> Any:
-    """The Serve application for `args` (a ServeConfig dict: serve/config.yaml `args:`).
+def build_app(args: dict[str, Any]) -> Any:
+    """The application builder of serve/config.yaml (`import_path: serve.app:build_app`):
+    `args` is a ServeConfig dict; `serve run` applies the config's `deployments:` itself."""
+    return build_application(args)
 
-    `serve run` applies the config's `deployments:` options itself; `adaray serve` passes them
-    here as {deployment name: options}.
-    """
+
+def build_application(args: dict[str, Any],
+                      deployments: dict[str, dict[str, Any]] | None = None) -> Any:
+    """The Serve application for `args` (a ServeConfig dict), with Serve deployment options
+    given as {deployment name: options} (how `adaray serve` applies the config's)."""
     config = to_dict(from_dict(ServeConfig, dict(args or {})))  # bad config fails at deploy
     options = deployments or {}
     # A replica must accept enough requests at once for its batches to fill.

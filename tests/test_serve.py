@@ -76,7 +76,7 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
     from ray import serve
 
     sys.path.insert(0, str(REPO))
-    from serve.app import build_app
+    from serve.app import build_application
 
     root = tmp_path_factory.mktemp("serve")
     workdir = root / "work"
@@ -107,8 +107,8 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
     with ray_cluster.driver(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
-            serve.run(build_app(args, small), name="adaray", route_prefix="/")
-            serve.run(build_app({"tasks": ["mif"], "workdir": str(workdir)}, small),
+            serve.run(build_application(args, small), name="adaray", route_prefix="/")
+            serve.run(build_application({"tasks": ["mif"], "workdir": str(workdir)}, small),
                       name="nochampion", route_prefix="/nochampion")
             yield Served(f"http://127.0.0.1:{port}", sources, workdir)
         finally:
@@ -314,7 +314,10 @@ def test_killed_model_replica_is_restarted(served, ray_cluster):
 
 
 @pytest.mark.timeout(240)
-def test_adaray_serve_runs_its_own_ray_and_stops_cleanly_on_sigterm(tmp_path):
+@pytest.mark.parametrize("launcher", ["adaray serve", "serve run"])
+def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launcher, tmp_path):
+    """`adaray serve --config` and Ray's `serve run CONFIG` (from the repository root, as
+    README says) both serve serve/config.yaml's app and stop their Ray on SIGTERM."""
     import shutil
     import subprocess
     import tempfile
@@ -330,19 +333,21 @@ def test_adaray_serve_runs_its_own_ray_and_stops_cleanly_on_sigterm(tmp_path):
                            "ray_actor_options": {"num_cpus": 0.5}},
                           {"name": "FusionAPI", "num_replicas": 1,
                            "ray_actor_options": {"num_cpus": 0.1}}]
+    port = _free_port()
+    config["http_options"]["port"] = port
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
-    port = _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="adaray-sv-", dir="/tmp")  # short: Ray socket paths
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI")}
     env["RAY_TMPDIR"] = ray_tmp
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "adaray"), "serve", "--config", str(path),
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        command = ([str(Path(sys.executable).parent / "adaray"), "serve", "--config", str(path)]
+                   if launcher == "adaray serve" else
+                   [str(Path(sys.executable).parent / "serve"), "run", str(path)])
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     try:
         def healthy() -> bool:
             assert process.poll() is None, log.read_text()[-3000:]
@@ -356,8 +361,10 @@ def test_adaray_serve_runs_its_own_ray_and_stops_cleanly_on_sigterm(tmp_path):
         served = Served(f"http://127.0.0.1:{port}", {"mif": str(model)}, tmp_path / "w")
         assert served.fuse("mif", a, b).status_code == 200
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=90) == 0, log.read_text()[-3000:]
-        assert "adaray serve: shutting down" in log.read_text()
+        code = process.wait(timeout=90)
+        if launcher == "adaray serve":
+            assert code == 0, log.read_text()[-3000:]
+            assert "adaray serve: shutting down" in log.read_text()
         wait_for(lambda: not [p for p in _pids_mentioning(ray_tmp) if _alive(p)], 30,
                  what="the Ray processes of adaray serve to exit")
     finally:
