@@ -121,15 +121,22 @@ def to_dict(obj: Any) -> dict[str, Any]:
     return plain(obj)
 
 
-def load_yaml(cls: type[T], path: str | Path) -> T:
-    """Load a config dataclass from a YAML file; errors name the file and the field."""
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """The parsed content of a YAML file ({} when empty); ConfigError naming the file when it
+    cannot be read or parsed (`what` says what it was meant to be)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    return {} if data is None else data
+
+
+def load_yaml(cls: type[T], path: str | Path) -> T:
+    """Load a config dataclass from a YAML file; errors name the file and the field."""
+    data = read_yaml(path)
     try:
         return from_dict(cls, data)
     except ConfigError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from adaray.config import ConfigError
+from adaray.config import ConfigError, from_dict, read_yaml
 from adaray.data.io import ImageReadError, decode_image
 from adaray.tasks import TASKS
 
@@ -165,15 +165,10 @@ class ServeSpec:
 
 def read_serve_config(path: str | Path) -> ServeSpec:
     """Read a Serve config with one application; errors name the file and the field."""
-    import yaml
-
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read Serve config ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "Serve config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with applications:")
     apps = data.get("applications") or []
     if len(apps) != 1:
         raise ConfigError(f"{path}: applications: expected exactly one application")
@@ -188,8 +183,6 @@ def read_serve_config(path: str | Path) -> ServeSpec:
         deployments[name] = options
     args = app.get("args") or {}
     try:
-        from adaray.config import from_dict
-
         from_dict(ServeConfig, dict(args))
     except ConfigError as exc:
         raise ConfigError(f"{path}: applications[0].args.{exc}") from None

@@ -33,7 +33,7 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from adaray.config import ConfigError, from_dict, set_dotted, to_dict
+from adaray.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
 from adaray.tracking import (
     ModelRegistry,
     ModelVersionInfo,
@@ -275,13 +275,7 @@ def load_space(path: str | Path, base: dict[str, Any],
 
     `sweep_overrides` replace `sweep:` settings (the command line's --samples and friends).
     """
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read search space ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data = read_yaml(path, "search space")
     if isinstance(data, dict) and sweep_overrides:
         data["sweep"] = {**(data.get("sweep") or {}), **sweep_overrides}
     return parse_space(data, base, source=str(path))
