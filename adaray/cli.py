@@ -159,12 +159,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of `adaray train` (and of jobs/train.py, which takes the same)."""
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """--task, --data, --a-dir, --b-dir: where the pairs are (train, tune, evaluate)."""
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
     parser.add_argument("--data", required=True, help="folder to discover pairs in")
     parser.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
     parser.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+
+
+def _pair_overrides(args: argparse.Namespace, **flags: Any) -> list[str]:
+    """`key=value` TrainConfig overrides of the pair arguments and `flags` (None skipped)."""
+    values = {"task": args.task, "data.root": args.data, "data.a_dir": args.a_dir,
+              "data.b_dir": args.b_dir, **flags}
+    return [f"{key}={value}" for key, value in values.items() if value is not None]
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `adaray train` (and of jobs/train.py, which takes the same)."""
+    add_pair_arguments(parser)
     parser.add_argument("--config", help="TrainConfig YAML (see configs/)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set model.channels=32 (repeatable)")
@@ -182,10 +194,9 @@ def train_from_args(args: argparse.Namespace) -> int:
     from adaray import tracking
     from adaray.train import build_trainer, load_train_config
 
-    flags = {"task": args.task, "data.root": args.data, "data.a_dir": args.a_dir,
-             "data.b_dir": args.b_dir, "workers": args.workers, "max_steps": args.max_steps,
-             "storage": args.storage, "name": args.name, "use_gpu": True if args.gpu else None}
-    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    overrides = _pair_overrides(args, workers=args.workers, max_steps=args.max_steps,
+                                storage=args.storage, name=args.name,
+                                use_gpu=True if args.gpu else None)
     cfg = load_train_config(args.config, [*overrides, *args.set])
     trainer = build_trainer(cfg)  # bad config and missing data fail here, before Ray starts
     if not ray.is_initialized():
@@ -220,10 +231,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from adaray.train import load_train_config
     from adaray.tune import STOP_EARLY, STOP_ERROR, default_space_path, load_space, run_sweep
 
-    flags = {"task": args.task, "data.root": args.data, "data.a_dir": args.a_dir,
-             "data.b_dir": args.b_dir}
-    overrides = [f"{key}={value}" for key, value in flags.items() if value is not None]
-    base = load_train_config(args.config, [*overrides, *args.set])
+    base = load_train_config(args.config, [*_pair_overrides(args), *args.set])
     sweep_flags = {"num_samples": args.samples, "max_concurrent": args.max_concurrent,
                    "workers_per_trial": args.workers_per_trial,
                    "gpus_per_trial": args.gpus_per_trial}
@@ -287,10 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `adaray evaluate` (and of jobs/evaluate.py, which takes the same)."""
-    parser.add_argument("--task", required=True, choices=sorted(TASKS))
-    parser.add_argument("--data", required=True, help="folder to discover pairs in")
-    parser.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
-    parser.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+    add_pair_arguments(parser)
     parser.add_argument("--model", action="append", required=True, metavar="SOURCE",
                         help="model.pt, a checkpoint folder, runs:/ID/model, "
                              "models:/NAME@ALIAS or baseline:NAME (average, max, dwt, "
@@ -315,10 +320,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of `adaray tune` (and of jobs/tune.py, which takes the same)."""
-    parser.add_argument("--task", required=True, choices=sorted(TASKS))
-    parser.add_argument("--data", required=True, help="folder to discover pairs in")
-    parser.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
-    parser.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
+    add_pair_arguments(parser)
     parser.add_argument("--config", help="base TrainConfig YAML each trial starts from")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a base config field (repeatable)")
