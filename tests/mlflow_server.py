@@ -17,20 +17,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+from ray_cluster import free_port
 
 __all__ = ["MlflowServer", "start_mlflow_server"]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _group_alive(pgid: int) -> bool:
@@ -142,6 +138,14 @@ def start_mlflow_server(tmp_dir: Path, port: int | None = None,
     """
     root = Path(tmp_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    server = MlflowServer(root, port or _free_port())
+    server = MlflowServer(root, port or free_port())
     server.start(timeout)
     return server
+
+
+def all_artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:
+    """Every artifact file of a run (paths inside the run), folders walked."""
+    files = []
+    for info in client.list_artifacts(run_id, path):
+        files.extend(all_artifacts(client, run_id, info.path) if info.is_dir else [info.path])
+    return files

@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -35,7 +36,8 @@ from typing import Any
 
 import pytest
 
-__all__ = ["RayTestCluster", "latest_checkpoint_step", "ray_cluster", "wait_for"]
+__all__ = ["RayTestCluster", "free_port", "latest_checkpoint_step", "own_ray_process",
+           "ray_cluster", "ray_processes", "wait_for"]
 
 CPUS_PER_NODE = 2
 SESSION_ENV = {"RAY_AUTH_MODE": "disabled"}
@@ -47,7 +49,8 @@ SESSION_ENV = {"RAY_AUTH_MODE": "disabled"}
 POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -108,6 +111,37 @@ def _describe(pid: int) -> str:
     except OSError:
         cmd = "?"
     return f"{pid} {cmd[:120]}"
+
+
+def ray_processes(ray_tmp: str) -> list[int]:
+    """Live processes of the Ray whose temp root is `ray_tmp`."""
+    return [p for p in _pids_mentioning(ray_tmp) if _alive(p)]
+
+
+@contextlib.contextmanager
+def own_ray_process(command: list[str], log: Path, prefix: str,
+                    cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run `command`, a process that starts its own local Ray, with a private RAY_TMPDIR and
+    without RAY_ADDRESS or MLFLOW_TRACKING_URI; output goes to `log`. Yields (process, Ray temp
+    root). On exit the process group and any process of that Ray still alive are killed and
+    the temp root removed."""
+    ray_tmp = tempfile.mkdtemp(prefix=prefix, dir="/tmp")  # short: Ray socket paths
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI")}
+    env["RAY_TMPDIR"] = ray_tmp
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=cwd,
+                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    try:
+        yield process, ray_tmp
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+        for pid in _pids_mentioning(ray_tmp):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def wait_for(condition: Any, timeout: float, interval: float = 0.25,
@@ -171,7 +205,7 @@ class RayTestCluster:
         for key, value in {**SESSION_ENV, **poll, "RAY_TMPDIR": str(self.root)}.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
-        port = _free_port()
+        port = free_port()
         try:
             self.cluster = Cluster(
                 initialize_head=True,

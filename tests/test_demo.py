@@ -8,17 +8,14 @@ ambiguous about which cluster to clean. The Ctrl-C test starts the demo on its o
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-from ray_cluster import RayTestCluster, _alive, _pids_mentioning, wait_for
+from ray_cluster import RayTestCluster, own_ray_process, ray_processes, wait_for
 
 from adaray import tracking
 from adaray.data import read_image
@@ -63,34 +60,18 @@ def test_quick_demo_runs_every_phase_and_leaves_nothing_running(ray_cluster: Ray
 
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_the_demo_and_its_local_ray(tmp_path):
-    ray_tmp = tempfile.mkdtemp(prefix="adaray-dm-", dir="/tmp")  # short: Ray socket paths
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI")}
-    env["RAY_TMPDIR"] = ray_tmp
     log = tmp_path / "demo.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([ADARAY, "demo", "--quick", "--workdir",
-                                    str(tmp_path / "work")], stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                   start_new_session=True)
-    try:
+    command = [ADARAY, "demo", "--quick", "--workdir", str(tmp_path / "work")]
+    with own_ray_process(command, log, "adaray-dm-") as (process, ray_tmp):
         wait_for(lambda: process.poll() is not None or "=== [1/5]" in log.read_text(), 120,
                  what="the demo's first phase")
         assert process.poll() is None, log.read_text()[-3000:]
-        wait_for(lambda: _pids_mentioning(ray_tmp), 60, what="the demo's Ray processes")
+        wait_for(lambda: ray_processes(ray_tmp), 60, what="the demo's Ray processes")
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         code = process.wait(timeout=120)
         text = log.read_text()
         assert code == 130, text[-3000:]
         assert "interrupted; stopping Serve and Ray" in text
         assert "=== [5/5] shut down Serve and the local Ray" in text
-        wait_for(lambda: not [p for p in _pids_mentioning(ray_tmp) if _alive(p)], 30,
+        wait_for(lambda: not ray_processes(ray_tmp), 30,
                  what="the demo's Ray processes to exit")
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        for pid in _pids_mentioning(ray_tmp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(ray_tmp, ignore_errors=True)

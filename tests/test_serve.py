@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ import pytest
 import requests
 import torch
 from conftest import REPO, SAMPLES
-from ray_cluster import RayTestCluster, wait_for
+from ray_cluster import RayTestCluster, free_port, own_ray_process, ray_processes, wait_for
 
 from adaray import tracking
 from adaray.checkpoint import MODEL_FILENAME, save_model
@@ -37,12 +35,6 @@ TINY_MODEL = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdi
                          chunk_size=16)
 MAX_PIXELS = 640 * 640
 SERVE_TIMEOUT = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _tiny_model(seed: int) -> AdaSFFuse:
@@ -103,7 +95,7 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
                               "health_check_period_s": 2,
                               "ray_actor_options": {"num_cpus": 0.5}},
              "FusionAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}}
-    port = _free_port()
+    port = free_port()
     with ray_cluster.driver(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
@@ -318,12 +310,7 @@ def test_killed_model_replica_is_restarted(served, ray_cluster):
 def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launcher, tmp_path):
     """`adaray serve --config` and Ray's `serve run CONFIG` (from the repository root, as
     README says) both serve serve/config.yaml's app and stop their Ray on SIGTERM."""
-    import shutil
-    import subprocess
-    import tempfile
-
     import yaml
-    from ray_cluster import _alive, _pids_mentioning
 
     model = save_model(tmp_path / "model.pt", _tiny_model(5))
     config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
@@ -333,22 +320,15 @@ def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launch
                            "ray_actor_options": {"num_cpus": 0.5}},
                           {"name": "FusionAPI", "num_replicas": 1,
                            "ray_actor_options": {"num_cpus": 0.1}}]
-    port = _free_port()
+    port = free_port()
     config["http_options"]["port"] = port
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
-    ray_tmp = tempfile.mkdtemp(prefix="adaray-sv-", dir="/tmp")  # short: Ray socket paths
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_TMPDIR", "MLFLOW_TRACKING_URI")}
-    env["RAY_TMPDIR"] = ray_tmp
+    command = ([str(Path(sys.executable).parent / "adaray"), "serve", "--config", str(path)]
+               if launcher == "adaray serve" else
+               [str(Path(sys.executable).parent / "serve"), "run", str(path)])
     log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        command = ([str(Path(sys.executable).parent / "adaray"), "serve", "--config", str(path)]
-                   if launcher == "adaray serve" else
-                   [str(Path(sys.executable).parent / "serve"), "run", str(path)])
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                   stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-    try:
+    with own_ray_process(command, log, "adaray-sv-", cwd=REPO) as (process, ray_tmp):
         def healthy() -> bool:
             assert process.poll() is None, log.read_text()[-3000:]
             try:
@@ -365,13 +345,5 @@ def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launch
         if launcher == "adaray serve":
             assert code == 0, log.read_text()[-3000:]
             assert "adaray serve: shutting down" in log.read_text()
-        wait_for(lambda: not [p for p in _pids_mentioning(ray_tmp) if _alive(p)], 30,
+        wait_for(lambda: not ray_processes(ray_tmp), 30,
                  what="the Ray processes of adaray serve to exit")
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
-        for pid in _pids_mentioning(ray_tmp):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(ray_tmp, ignore_errors=True)

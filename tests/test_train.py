@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import REPO, SAMPLES, SHARED_DATA
-from mlflow_server import start_mlflow_server
+from mlflow_server import all_artifacts, start_mlflow_server
 from ray_cluster import latest_checkpoint_step, wait_for
 
 from adaray import tracking
@@ -71,13 +71,6 @@ def find_run(client: Any, cfg: TrainConfig) -> Any:
 def history(client: Any, run_id: str, key: str) -> list[Any]:
     """A metric's history in logging order (time, then step: reruns log a step twice)."""
     return sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
-
-
-def all_artifacts(client: Any, run_id: str, path: str | None = None) -> list[str]:
-    files = []
-    for info in client.list_artifacts(run_id, path):
-        files.extend(all_artifacts(client, run_id, info.path) if info.is_dir else [info.path])
-    return files
 
 
 def run_dir(cfg: TrainConfig) -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 from conftest import REPO, SAMPLES, SHARED_DATA
-from mlflow_server import MlflowServer, start_mlflow_server
+from mlflow_server import MlflowServer, all_artifacts, start_mlflow_server
 from ray_cluster import RayTestCluster, latest_checkpoint_step, wait_for
 
 from adaray import tracking
@@ -299,13 +299,6 @@ def _runs_of_sweep(client: Any, name: str) -> tuple[Any, list[Any]]:
     return parents[0], trials
 
 
-def _artifacts(client: Any, run_id: str, path: str | None = None) -> set[str]:
-    files: set[str] = set()
-    for info in client.list_artifacts(run_id, path):
-        files |= _artifacts(client, run_id, info.path) if info.is_dir else {info.path}
-    return files
-
-
 @SWEEP_TIMEOUT
 def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
                                               mlflow_server: MlflowServer, ivf_data, tmp_path,
@@ -337,7 +330,8 @@ def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
     assert parent.data.params["sweep.num_samples"] == "4"
     assert parent.data.params["space.optim.lr"] == "loguniform[0.0001, 0.01]"
     assert {"summary/trials.csv", "summary/trials.md", "summary/trials.png",
-            "sweep/space.yaml", "sweep/base_config.yaml"} <= _artifacts(client, parent.info.run_id)
+            "sweep/space.yaml", "sweep/base_config.yaml"} <= set(
+        all_artifacts(client, parent.info.run_id))
     assert len(trials) == 4
     by_trial = {r.data.tags["tune_trial_id"]: r for r in trials}
     assert set(by_trial) == set(outcomes)
