@@ -16,7 +16,9 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -93,7 +95,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     serving = False
     try:
         phase = _phase(1, f"train a small AdaSFFuse on {task} pairs in {data} (Ray Train)")
-        result = build_trainer(base).fit()
+        result = _off_main_thread(build_trainer(base).fit)
         best = max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
         summary["trained_model"] = best[0].path
         summary["trained_val_score"] = best[1]["val_score"]
@@ -129,6 +131,29 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     summary["mlflow_ui"] = f"mlflow ui --backend-store-uri {tracking_uri(workdir)}"
     _print_summary(summary)
     return summary
+
+
+def _off_main_thread(function: Callable[[], Any]) -> Any:
+    """Call `function` in a helper thread while the main thread keeps our Ctrl-C handler.
+
+    `TorchTrainer.fit()` called on the main thread replaces the SIGINT handler with Ray Train's
+    own (abort the run, then carry on); the demo must stop instead.
+    """
+    outcome: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # re-raised on the main thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=call, name="adaray-demo-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _interrupted(signum: int, frame: Any) -> None:
