@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent  # holds serve/app.py
 
 @dataclass
 class ServeConfig:
-    """The Serve app's settings (serve/config.yaml `args:`); see README "Serving"."""
+    """The Serve app's settings (serve/config.yaml `args:`); see README "Serve"."""
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))  # tasks served
     # task -> model source: a model file / checkpoint folder, runs:/ID/model or models:/NAME@ALIAS
