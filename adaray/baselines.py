@@ -121,6 +121,12 @@ LUMA_FUSERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 
 
+def baselines_for(task: str) -> list[str]:
+    """The baselines a task is compared with, as `baseline:NAME` sources (Mertens: MEF only)."""
+    return [f"{BASELINE_PREFIX}{name}" for name in LUMA_FUSERS
+            if name != "mertens" or task == "mef"]
+
+
 class Baseline(nn.Module):
     """A classical fusion rule behind the model interface: forward((N,1,H,W), (N,1,H,W))."""
 

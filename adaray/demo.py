@@ -175,11 +175,10 @@ def _sweep(base: Any, plan: DemoPlan, name: str) -> Any:
 
 
 def _evaluate(task: str, data: Path, models: list[str], out: Path, workdir: Path) -> Any:
+    from adaray.baselines import baselines_for
     from adaray.evaluate import evaluate_models
 
-    baselines = ["baseline:average", "baseline:laplacian", "baseline:dwt"]
-    if task == "mef":
-        baselines.append("baseline:mertens")
+    baselines = baselines_for(task)
     labels = ["champion", "trained", *[b.removeprefix("baseline:") for b in baselines]]
     result = evaluate_models(task, data, [*models, *baselines], out, workdir=workdir,
                              metrics=["Qabf", "VIF", "SSIM", "EN", "SF", "MI"], labels=labels)

@@ -26,12 +26,20 @@ from typing import Any
 import numpy as np
 import ray
 
-from adaray.data import ImagePair, check_pairs, discover_pairs, read_image, write_image
+from adaray.data import (
+    ImagePair,
+    check_pairs,
+    discover_pairs,
+    read_image,
+    split_pairs,
+    write_image,
+)
 from adaray.fusion import fuse_arrays
 from adaray.metrics import METRICS, evaluate_images
 
 GRID_PAIRS = 3  # pairs shown in grid.png
 PAIRS_PER_TASK = 8  # pairs per Ray task: progress granularity vs model loads
+SPLITS = ("all", "val")  # every discovered pair, or training's held-out ones
 
 
 @dataclass
@@ -137,9 +145,13 @@ def comparison_grid(pairs: list[ImagePair], labels: list[str], out: Path,
 def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | Path, *,
                     a_dir: str | None = None, b_dir: str | None = None,
                     metrics: list[str] | None = None, workdir: str | Path = "adaray_work",
-                    labels: list[str] | None = None,
+                    labels: list[str] | None = None, split: str = "all",
+                    val_fraction: float = 0.1,
                     cpus_per_task: float = 1.0) -> EvaluationResult:
     """Fuse every pair under `data` with every model source, score, write the reports.
+
+    `split="val"` keeps only the held-out pairs of training's deterministic split at
+    `val_fraction` (`adaray.data.split_pairs`): the pairs a model trained there never saw.
 
     `labels` names the models in the reports (default: from each source, `model_label`).
     Bad input (no pairs, unreadable or mismatched files, an unknown metric or baseline, a
@@ -172,7 +184,11 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     duplicated = sorted({x for x in labels if labels.count(x) > 1})
     if duplicated:
         raise ValueError(f"--model: two models are both named {duplicated[0]!r} in the report")
+    if split not in SPLITS:
+        raise ValueError(f"--split: {split!r} is not one of {', '.join(SPLITS)}")
     pairs = discover_pairs(Path(data).resolve(), task, a_dir=a_dir, b_dir=b_dir)
+    if split == "val":
+        pairs = split_pairs(pairs, val_fraction)[1]
     check_pairs(pairs)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -200,7 +216,7 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
         writer.writerows(rows)
     (out / "summary.md").write_text(summary_markdown(means, metrics, len(pairs)))
     (out / "summary.json").write_text(json.dumps(
-        {"task": task, "data": str(Path(data).resolve()), "pairs": len(pairs),
+        {"task": task, "data": str(Path(data).resolve()), "split": split, "pairs": len(pairs),
          "models": dict(zip(labels, sources, strict=True)), "means": means}, indent=2))
     comparison_grid(pairs[:GRID_PAIRS], labels, out, out / "grid.png")
 

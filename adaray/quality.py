@@ -1,0 +1,203 @@
+"""`adaray benchmark-quality`: per task, train a model (or take a given one), score it against
+every classical baseline on the task's held-out validation pairs, and write one results page.
+
+Per task: train with `configs/<task>.yaml` on Ray Train (the same `build_trainer` as
+`adaray train`), take its best checkpoint, run `adaray.evaluate.evaluate_models` with
+`split="val"` on it and on `adaray.baselines.baselines_for(task)`, and check the goal of issue
+F: the model beats every baseline on Qabf and on VIF, and its SSIM is at most 5 % below the
+plain average's. The page (default `docs/results.md`) holds per task the metric table, the
+training time and config, the goal's verdict and the comparison grid (copied beside it).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from adaray.config import to_dict
+from adaray.tasks import TASKS, get_task
+
+QUALITY_METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "SSIM_dr2"]
+MODEL_LABEL = "adaray"
+SSIM_TOLERANCE = 0.05  # the model's SSIM may be this fraction below the plain average's
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class TaskQuality:
+    """One task's outcome: what was evaluated, how it was trained, the table and the verdict."""
+
+    task: str
+    source: str  # the model evaluated (a checkpoint folder, or the --model given)
+    config: str | None  # the TrainConfig YAML it was trained from (None: model given)
+    train_s: float | None  # training wall time (None: model given)
+    steps: int | None
+    settings: dict[str, Any]  # the config fields the page shows
+    pairs: int
+    means: dict[str, dict[str, float]]
+    table: str  # the markdown table of evaluate_models
+    grid: Path
+    goal_met: bool
+    verdict: str
+
+
+def goal_verdict(means: dict[str, dict[str, float]], model: str = MODEL_LABEL
+                 ) -> tuple[bool, str]:
+    """Issue F's goal on a table of means: beat every baseline on Qabf and VIF, and SSIM no
+    more than SSIM_TOLERANCE below the plain average's. Returns (met, one-line reason)."""
+    ours = means[model]
+    parts, met = [], True
+    for metric in ("Qabf", "VIF"):
+        rival, value = max(((label, row[metric]) for label, row in means.items()
+                            if label != model), key=lambda item: item[1])
+        beats = ours[metric] > value
+        met &= beats
+        parts.append(f"{metric} {ours[metric]:.4f} {'>' if beats else '<='} {value:.4f} "
+                     f"({rival})")
+    floor = (1 - SSIM_TOLERANCE) * means["average"]["SSIM"]
+    change = ours["SSIM"] / means["average"]["SSIM"] - 1
+    within = ours["SSIM"] >= floor
+    met &= within
+    parts.append(f"SSIM {ours['SSIM']:.4f} vs average {means['average']['SSIM']:.4f} "
+                 f"({change:+.1%}, {'within' if within else 'beyond'} "
+                 f"-{SSIM_TOLERANCE:.0%})")
+    return met, ("goal met: " if met else "goal missed: ") + "; ".join(parts)
+
+
+def train_task(task: str, data: str | Path, config: str | Path, overrides: list[str],
+               workdir: Path, stamp: str) -> tuple[str, float, int, dict[str, Any]]:
+    """Train one task on Ray Train; returns (best checkpoint, wall seconds, steps, settings)."""
+    from adaray.tracking import flatten
+    from adaray.train import build_trainer, load_train_config
+
+    cfg = load_train_config(config, [f"task={task}", f"data.root={Path(data).resolve()}",
+                                     f"workdir={workdir}", f"name=quality-{task}-{stamp}",
+                                     *overrides])
+    trainer = build_trainer(cfg)  # bad config or data fails here, before training
+    started = time.monotonic()
+    result = trainer.fit()
+    wall_s = time.monotonic() - started
+    if not result.best_checkpoints:
+        raise RuntimeError(f"{task}: training produced no checkpoint ({result.error})")
+    best = max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
+    settings = {key: value for key, value in flatten(to_dict(cfg)).items()
+                if key.split(".")[0] in ("model", "loss", "optim", "data")
+                and key not in ("data.root", "data.a_dir", "data.b_dir")}
+    settings.update(max_steps=cfg.max_steps, workers=cfg.workers,
+                    cpus_per_worker=cfg.cpus_per_worker)
+    return best[0].path, wall_s, cfg.max_steps, settings
+
+
+def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
+                      config_dir: str | Path = REPO / "configs",
+                      models: dict[str, str] | None = None, overrides: list[str] = (),
+                      workdir: str | Path = "adaray_work", val_fraction: float = 0.1,
+                      command: str = "") -> list[TaskQuality]:
+    """Train (or take `models[task]`) and evaluate each task; write the page `out`.
+
+    `data` is a dataset tree with every task's folders (e.g. ../shared/data/fusion); it is
+    written to the page as given, so pass a relative path for a page without machine paths.
+    """
+    import ray
+
+    from adaray.baselines import baselines_for
+    from adaray.evaluate import evaluate_models
+
+    models = dict(models or {})
+    for task in [*tasks, *models]:
+        get_task(task)  # unknown tasks fail before anything runs
+    unused = sorted(set(models) - set(tasks))
+    if unused:
+        raise ValueError(f"--model: {unused[0]} is not among --tasks {' '.join(tasks)}")
+    configs = {task: Path(config_dir) / f"{task}.yaml" for task in tasks if task not in models}
+    for task, path in configs.items():
+        if not path.is_file():
+            raise FileNotFoundError(f"{task}: no training config {path}")
+    out = Path(out)
+    workdir = Path(workdir).resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
+    results = []
+    for task in tasks:
+        print(f"\n=== {task}: {'evaluate ' + models[task] if task in models else 'train'}",
+              flush=True)
+        if task in models:
+            source, train_s, steps, settings = models[task], None, None, {}
+            held_out = val_fraction
+        else:
+            source, train_s, steps, settings = train_task(task, data, configs[task], overrides,
+                                                          workdir, stamp)
+            print(f"--- {task}: trained {steps} steps in {train_s / 60:.1f} min", flush=True)
+            held_out = settings["data.val_fraction"]  # the split the model trained with
+        baselines = baselines_for(task)
+        evaluation = evaluate_models(
+            task, data, [source, *baselines], workdir / "quality" / stamp / task,
+            labels=[MODEL_LABEL, *[b.split(":", 1)[1] for b in baselines]],
+            metrics=QUALITY_METRICS, workdir=workdir, split="val", val_fraction=held_out)
+        grid = out.parent / "results" / f"{task}_grid.png"
+        grid.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(evaluation.out / "grid.png", grid)
+        met, verdict = goal_verdict(evaluation.means)
+        print(f"--- {task}: {verdict}", flush=True)
+        results.append(TaskQuality(
+            task, source, None if task in models else _shown(configs[task]), train_s, steps,
+            settings, len(evaluation.rows) // (len(baselines) + 1), evaluation.means,
+            (evaluation.out / "summary.md").read_text(), grid, met, verdict))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(results_markdown(results, data, command, out.parent))
+    return results
+
+
+def results_markdown(results: list[TaskQuality], data: str, command: str, root: Path) -> str:
+    """The results page: how it was made, then per task the verdict, training and table."""
+    import torch
+
+    lines = [
+        "# Fusion quality per task", "",
+        f"Made by `{command or 'adaray benchmark-quality'}` on "
+        f"{datetime.now().strftime('%Y-%m-%d')} ({platform.machine()}, "
+        f"{_cpu_count()} CPU cores, torch {torch.__version__}). Each model is scored on its "
+        f"task's held-out validation pairs under `{data}` (training's deterministic split, "
+        "never trained on) against the classical baselines of `adaray.baselines`, with "
+        "`adaray.metrics` on the fused 8-bit luma as METRICS.md defines them; higher is "
+        "better in every column, the best of each in bold.", "",
+        f"Goal: beat every baseline on Qabf and on VIF, with SSIM at most "
+        f"{SSIM_TOLERANCE:.0%} below the plain average's.", "",
+        "| task | goal | Qabf | VIF | SSIM | training |", "|---|---|---|---|---|---|"]
+    for r in results:
+        ours = r.means[MODEL_LABEL]
+        training = "model given" if r.train_s is None else \
+            f"{r.steps} steps, {r.train_s / 60:.1f} min"
+        lines.append(f"| {r.task} | {'met' if r.goal_met else 'missed'} | {ours['Qabf']:.4f} "
+                     f"| {ours['VIF']:.4f} | {ours['SSIM']:.4f} | {training} |")
+    for r in results:
+        lines += ["", f"## {r.task}: {TASKS[r.task].title}", "", r.verdict + ".", ""]
+        if r.train_s is None:
+            lines.append(f"Model: `{r.source}` (given).")
+        else:
+            settings = ", ".join(f"{k}={v}" for k, v in r.settings.items()
+                                 if v is not None and v != "None")
+            lines.append(f"Trained from `{r.config}` for {r.steps} steps in "
+                         f"{r.train_s / 60:.1f} min: {settings} (loss weights not listed are "
+                         "the task's defaults, `adaray/tasks.py`).")
+        lines += ["", r.table.rstrip(), "",
+                  f"![{r.task}: sources and each model's result]"
+                  f"({r.grid.relative_to(root).as_posix()})"]
+    return "\n".join(lines) + "\n"
+
+
+def _shown(path: Path) -> str:
+    """A path for the page: relative to the repository when inside it (no machine paths)."""
+    path = path.resolve()
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
