@@ -202,7 +202,7 @@ def _serve_and_fuse(task: str, data: Path, workdir: Path, out: Path) -> tuple[st
     url = f"http://127.0.0.1:{port}"
     print(f"serving at {url} (POST /fuse, docs at {url}/docs)", flush=True)
     pair = discover_pairs(data, task)[0]
-    png, headers = post_fuse(url, pair.a_path, pair.b_path, task)
+    png, headers = post_fuse(url, pair.a_path, pair.b_path, task, route_wait_s=30.0)
     target = out / "served" / f"{pair.stem}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(png)
