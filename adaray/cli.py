@@ -192,7 +192,7 @@ def train_from_args(args: argparse.Namespace) -> int:
     import ray
 
     from adaray import tracking
-    from adaray.train import build_trainer, load_train_config
+    from adaray.train import best_checkpoint, build_trainer, load_train_config
 
     overrides = _pair_overrides(args, workers=args.workers, max_steps=args.max_steps,
                                 storage=args.storage, name=args.name,
@@ -210,8 +210,8 @@ def train_from_args(args: argparse.Namespace) -> int:
     print(f"run {trainer.run_config.name} finished at step {final.get('step')}: "
           f"loss {final.get('loss', float('nan')):.4f}, "
           f"val_score {final.get('val_score', float('nan')):.4f}")
-    if result.best_checkpoints:
-        best, best_metrics = max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
+    if (best_found := best_checkpoint(result)) is not None:
+        best, best_metrics = best_found
         print(f"best checkpoint (val_score {best_metrics['val_score']:.4f}): {best.path}")
     print(f"all checkpoints: {result.path}")
     print(f"MLflow: {tracking.tracking_uri(cfg.workdir)} experiment "

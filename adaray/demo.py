@@ -69,7 +69,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
 
     from adaray.serving import serve_runtime_env
     from adaray.tracking import registered_model_name, tracking_uri
-    from adaray.train import build_trainer, load_train_config, prepare_config
+    from adaray.train import best_checkpoint, build_trainer, load_train_config, prepare_config
 
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends the demo
     plan = QUICK if quick else FULL
@@ -96,7 +96,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     try:
         phase = _phase(1, f"train a small AdaSFFuse on {task} pairs in {data} (Ray Train)")
         result = _off_main_thread(build_trainer(base).fit)
-        best = max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
+        best = best_checkpoint(result)
         summary["trained_model"] = best[0].path
         summary["trained_val_score"] = best[1]["val_score"]
         _done(phase, f"trained {plan.train_steps} steps; best val_score {best[1]['val_score']:.4f}")
@@ -176,10 +176,10 @@ def _sweep(base: Any, plan: DemoPlan, name: str) -> Any:
 
 def _evaluate(task: str, data: Path, models: list[str], out: Path, workdir: Path) -> Any:
     from adaray.baselines import baselines_for
-    from adaray.evaluate import evaluate_models
+    from adaray.evaluate import evaluate_models, model_label
 
     baselines = baselines_for(task)
-    labels = ["champion", "trained", *[b.removeprefix("baseline:") for b in baselines]]
+    labels = ["champion", "trained", *map(model_label, baselines)]
     result = evaluate_models(task, data, [*models, *baselines], out, workdir=workdir,
                              metrics=["Qabf", "VIF", "SSIM", "EN", "SF", "MI"], labels=labels)
     print((result.out / "summary.md").read_text(), flush=True)

@@ -39,7 +39,6 @@ class TaskQuality:
     train_s: float | None  # training wall time (None: model given)
     steps: int | None
     settings: dict[str, Any]  # the config fields the page shows
-    pairs: int
     means: dict[str, dict[str, float]]
     table: str  # the markdown table of evaluate_models
     grid: Path
@@ -74,7 +73,7 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
                workdir: Path, stamp: str) -> tuple[str, float, int, dict[str, Any]]:
     """Train one task on Ray Train; returns (best checkpoint, wall seconds, steps, settings)."""
     from adaray.tracking import flatten
-    from adaray.train import build_trainer, load_train_config
+    from adaray.train import best_checkpoint, build_trainer, load_train_config
 
     cfg = load_train_config(config, [f"task={task}", f"data.root={Path(data).resolve()}",
                                      f"workdir={workdir}", f"name=quality-{task}-{stamp}",
@@ -83,9 +82,9 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
     started = time.monotonic()
     result = trainer.fit()
     wall_s = time.monotonic() - started
-    if not result.best_checkpoints:
+    best = best_checkpoint(result)
+    if best is None:
         raise RuntimeError(f"{task}: training produced no checkpoint ({result.error})")
-    best = max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
     settings = {key: value for key, value in flatten(to_dict(cfg)).items()
                 if key.split(".")[0] in ("model", "loss", "optim", "data")
                 and key not in ("data.root", "data.a_dir", "data.b_dir")}
@@ -107,7 +106,7 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
     import ray
 
     from adaray.baselines import baselines_for
-    from adaray.evaluate import evaluate_models
+    from adaray.evaluate import evaluate_models, model_label
 
     models = dict(models or {})
     for task in [*tasks, *models]:
@@ -139,7 +138,7 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
         baselines = baselines_for(task)
         evaluation = evaluate_models(
             task, data, [source, *baselines], workdir / "quality" / stamp / task,
-            labels=[MODEL_LABEL, *[b.split(":", 1)[1] for b in baselines]],
+            labels=[MODEL_LABEL, *map(model_label, baselines)],
             metrics=QUALITY_METRICS, workdir=workdir, split="val", val_fraction=held_out)
         grid = out.parent / "results" / f"{task}_grid.png"
         grid.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +147,7 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
         print(f"--- {task}: {verdict}", flush=True)
         results.append(TaskQuality(
             task, source, None if task in models else _shown(configs[task]), train_s, steps,
-            settings, len(evaluation.rows) // (len(baselines) + 1), evaluation.means,
+            settings, evaluation.means,
             (evaluation.out / "summary.md").read_text(), grid, met, verdict))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(results_markdown(results, data, command, out.parent))
@@ -163,7 +162,7 @@ def results_markdown(results: list[TaskQuality], data: str, command: str, root: 
         "# Fusion quality per task", "",
         f"Made by `{command or 'adaray benchmark-quality'}` on "
         f"{datetime.now().strftime('%Y-%m-%d')} ({platform.machine()}, "
-        f"{_cpu_count()} CPU cores, torch {torch.__version__}). Each model is scored on its "
+        f"{os.cpu_count()} CPU cores, torch {torch.__version__}). Each model is scored on its "
         f"task's held-out validation pairs under `{data}` (training's deterministic split, "
         "never trained on) against the classical baselines of `adaray.baselines`, with "
         "`adaray.metrics` on the fused 8-bit luma as METRICS.md defines them; higher is "
@@ -198,6 +197,3 @@ def _shown(path: Path) -> str:
     path = path.resolve()
     return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
 
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -421,6 +421,13 @@ def _git_commit() -> str:
         return ""
 
 
+def best_checkpoint(result: Any) -> tuple[Any, dict[str, Any]] | None:
+    """The (checkpoint, metrics) of a finished run's highest val_score; None without any."""
+    if not result.best_checkpoints:
+        return None
+    return max(result.best_checkpoints, key=lambda c: c[1]["val_score"])
+
+
 def prepare_config(cfg: TrainConfig) -> TrainConfig:
     """A checked copy of `cfg` with absolute data and work folders (created): a bad field, an
     unknown task, a missing data folder or one without pairs fails here, before Ray starts."""
