@@ -15,7 +15,7 @@ import torch
 
 from adaray.config import ConfigError, load_yaml
 from adaray.model import AdaSFFuse, ModelConfig
-from adaray.runtime import configure_allocator
+from adaray.runtime import configure_allocator, init_ray
 from adaray.tasks import TASKS
 
 VERSIONED_PACKAGES = ("torch", "numpy", "ray", "mlflow", "albumentations",
@@ -133,14 +133,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from adaray.serving import read_serve_config, serve_app_module, serve_runtime_env
+    from adaray.serving import read_serve_config, serve_app_module, serve_env_vars
 
     spec = read_serve_config(args.config)  # bad args fail here, before Ray starts
     host = args.host or spec.host
     port = args.port or spec.port
     app_module = serve_app_module()
     stop = threading.Event()
-    ray.init(runtime_env=serve_runtime_env())
+    init_ray(serve_env_vars())
     # After ray.init, whose core worker installs its own (aborting) SIGTERM handler.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -189,7 +189,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train_from_args(args: argparse.Namespace) -> int:
     """Build the TrainConfig from arguments, check it, start or join Ray, train, summarise."""
-    import ray
 
     from adaray import tracking
     from adaray.train import best_checkpoint, build_trainer, load_train_config
@@ -199,8 +198,7 @@ def train_from_args(args: argparse.Namespace) -> int:
                                 use_gpu=True if args.gpu else None)
     cfg = load_train_config(args.config, [*overrides, *args.set])
     trainer = build_trainer(cfg)  # bad config and missing data fail here, before Ray starts
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
+    init_ray()
     try:
         result = trainer.fit()
     except Exception as exc:  # Ray Train raises the workers' error after its retries

@@ -24,11 +24,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from adaray import REPO_ROOT
 from adaray.config import to_dict
+from adaray.runtime import init_ray
 from adaray.tasks import get_task
 
-REPO = Path(__file__).resolve().parent.parent
-TINY_CONFIG = REPO / "configs" / "tiny.yaml"
+TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
 
 
 @dataclass
@@ -67,13 +68,13 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     """Run the five phases; returns the summary (paths and figures) it prints."""
     import ray
 
-    from adaray.serving import serve_runtime_env
+    from adaray.serving import serve_env_vars
     from adaray.tracking import registered_model_name, tracking_uri
     from adaray.train import best_checkpoint, build_trainer, load_train_config, prepare_config
 
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends the demo
     plan = QUICK if quick else FULL
-    data = Path(data or REPO / "samples").resolve()
+    data = Path(data or REPO_ROOT / "samples").resolve()
     workdir = Path(workdir).resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = workdir / "demo" / stamp
@@ -88,7 +89,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     started = time.monotonic()
 
     # A local Ray (or the cluster at RAY_ADDRESS); replicas import serve.app from this checkout.
-    ray.init(runtime_env=serve_runtime_env(), logging_level="ERROR")
+    init_ray(serve_env_vars(), logging_level="ERROR")
     # Ctrl-C: leave through the `finally` below (SystemExit, as Ray's own SIGTERM handler does;
     # a KeyboardInterrupt raised inside Ray's driver loops does not always reach this frame).
     signal.signal(signal.SIGINT, _interrupted)

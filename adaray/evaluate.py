@@ -36,6 +36,7 @@ from adaray.data import (
 )
 from adaray.fusion import fuse_arrays
 from adaray.metrics import METRICS, evaluate_images
+from adaray.runtime import init_ray
 
 GRID_PAIRS = 3  # pairs shown in grid.png
 PAIRS_PER_TASK = 8  # pairs per Ray task: progress granularity vs model loads
@@ -194,8 +195,7 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     out.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(workdir)
 
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
+    init_ray()
     fuse = ray.remote(num_cpus=cpus_per_task)(_fuse_chunk)
     pending = [fuse.remote(source, label, pairs[i:i + PAIRS_PER_TASK], str(out), uri, metrics)
                for source, label in zip(resolved, labels, strict=True)

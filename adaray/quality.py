@@ -20,13 +20,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from adaray import REPO_ROOT
 from adaray.config import to_dict
+from adaray.runtime import init_ray
 from adaray.tasks import TASKS, get_task
 
 QUALITY_METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "SSIM_dr2"]
 MODEL_LABEL = "adaray"
 SSIM_TOLERANCE = 0.05  # the model's SSIM may be this fraction below the plain average's
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -94,7 +95,7 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
 
 
 def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
-                      config_dir: str | Path = REPO / "configs",
+                      config_dir: str | Path = REPO_ROOT / "configs",
                       models: dict[str, str] | None = None, overrides: list[str] = (),
                       workdir: str | Path = "adaray_work", val_fraction: float = 0.1,
                       command: str = "") -> list[TaskQuality]:
@@ -103,7 +104,6 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
     `data` is a dataset tree with every task's folders (e.g. ../shared/data/fusion); it is
     written to the page as given, so pass a relative path for a page without machine paths.
     """
-    import ray
 
     from adaray.baselines import baselines_for
     from adaray.evaluate import evaluate_models, model_label
@@ -121,8 +121,7 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
     out = Path(out)
     workdir = Path(workdir).resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
+    init_ray()
     results = []
     for task in tasks:
         print(f"\n=== {task}: {'evaluate ' + models[task] if task in models else 'train'}",
@@ -195,5 +194,5 @@ def results_markdown(results: list[TaskQuality], data: str, command: str, root: 
 def _shown(path: Path) -> str:
     """A path for the page: relative to the repository when inside it (no machine paths)."""
     path = path.resolve()
-    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
+    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.name
 

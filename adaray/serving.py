@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from adaray import REPO_ROOT
 from adaray.config import ConfigError, from_dict, read_yaml
 from adaray.data.io import ImageReadError, decode_image
 from adaray.tasks import TASKS
 
 OUTPUTS = ("png", "json")
-REPO_ROOT = Path(__file__).resolve().parent.parent  # holds serve/app.py
 
 
 @dataclass
@@ -228,7 +228,7 @@ def post_fuse(url: str, path_a: str | Path, path_b: str | Path, task: str,
 
 def serve_app_module() -> Any:
     """serve/app.py of this checkout, imported as `serve.app` (what Serve's import_path and
-    the replicas use; replicas find it through `serve_runtime_env()`)."""
+    the replicas use; replicas find it through `serve_env_vars()`)."""
     import importlib
     import sys
 
@@ -237,6 +237,6 @@ def serve_app_module() -> Any:
     return importlib.import_module("serve.app")
 
 
-def serve_runtime_env() -> dict[str, Any]:
-    """The job runtime env under which Serve replicas can import `serve.app`."""
-    return {"env_vars": {"PYTHONPATH": str(REPO_ROOT)}}
+def serve_env_vars() -> dict[str, str]:
+    """The environment under which Serve replicas can import `serve.app` (for `init_ray`)."""
+    return {"PYTHONPATH": str(REPO_ROOT)}

@@ -27,13 +27,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import ray
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from adaray.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
+from adaray.runtime import init_ray
 from adaray.tracking import (
     ModelRegistry,
     ModelVersionInfo,
@@ -577,8 +577,7 @@ def run_sweep(base: TrainConfig, space: SearchSpace, *, name: str | None = None,
                              context=context),
         {"cpu": TRIAL_DRIVER_CPUS})
     try:
-        if not ray.is_initialized():
-            ray.init()  # RAY_ADDRESS, else a cluster started on this host, else a local one
+        init_ray()
         if resume:
             print(f"[adaray tune] resuming sweep {name} from {path}", flush=True)
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True,

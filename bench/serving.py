@@ -30,7 +30,8 @@ from adaray.checkpoint import save_model  # noqa: E402
 from adaray.data import discover_pairs, read_image  # noqa: E402
 from adaray.fusion import fuse_arrays  # noqa: E402
 from adaray.model import AdaSFFuse, ModelConfig  # noqa: E402
-from adaray.runtime import configure_allocator  # noqa: E402
+from adaray.runtime import configure_allocator, init_ray  # noqa: E402
+from adaray.serving import serve_env_vars  # noqa: E402
 
 TINY = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8, chunk_size=16)
 
@@ -100,7 +101,7 @@ def main() -> None:
           f"{forward_ms:.1f} ms median of {len(local)}")
 
     port = _free_port()
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}, logging_level="ERROR")
+    init_ray(serve_env_vars(), logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     print("\n| batching | concurrency | p50 ms | p95 ms | req/s | p50 / forward | max batch |")

@@ -48,12 +48,16 @@ def test_bad_train_config_names_the_field(overrides, field):
         load_train_config(None, overrides)
 
 
-@pytest.mark.parametrize("name", ["ivf", "mef", "mff", "mif", "tiny"])
+@pytest.mark.parametrize("name", ["ivf", "mef", "mff", "mif", "tiny", "paper/ivf", "paper/mef",
+                                  "paper/mff", "paper/mif"])
 def test_shipped_configs_load(name):
     cfg = load_train_config(REPO / "configs" / f"{name}.yaml")
     if name != "tiny":
-        assert cfg.task == name
+        assert cfg.task == name.removeprefix("paper/")
+    if name.startswith("paper/"):
         assert cfg.model == ModelConfig()  # the paper's defaults
+    elif name != "tiny":  # a CPU recipe: the one small model, sized for 2 cores
+        assert (cfg.model.channels, cfg.cpus_per_worker) == (32, 2)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

@@ -30,6 +30,8 @@ from adaray.checkpoint import MODEL_FILENAME, save_model
 from adaray.data import discover_pairs, read_image
 from adaray.fusion import fuse_arrays
 from adaray.model import AdaSFFuse, ModelConfig
+from adaray.runtime import ray_runtime_env
+from adaray.serving import serve_env_vars
 
 TINY_MODEL = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8,
                          chunk_size=16)
@@ -96,7 +98,7 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
                               "ray_actor_options": {"num_cpus": 0.5}},
              "FusionAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}}
     port = free_port()
-    with ray_cluster.driver(runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}}):
+    with ray_cluster.driver(runtime_env=ray_runtime_env(serve_env_vars())):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             serve.run(build_application(args, small), name="adaray", route_prefix="/")
