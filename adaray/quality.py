@@ -6,16 +6,22 @@ Per task: train with `configs/<task>.yaml` on Ray Train (the same `build_trainer
 `split="val"` on it and on `adaray.baselines.baselines_for(task)`, and check the goal of issue
 F: the model beats every baseline on Qabf and on VIF, and its SSIM is at most 5 % below the
 plain average's. The page (default `docs/results.md`) holds per task the metric table, the
-training time and config, the goal's verdict and the comparison grid (copied beside it).
+training time and config, the goal's verdict, the comparison grid (copied beside it) and the
+command and machine that made it.
+
+The page is rendered from a record beside it (`results.json` for `results.md`): a run replaces
+the sections of the tasks it ran and keeps the others, so one task can be re-run after its
+recipe changes without training the other three again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,16 +41,18 @@ class TaskQuality:
     """One task's outcome: what was evaluated, how it was trained, the table and the verdict."""
 
     task: str
-    source: str  # the model evaluated (a checkpoint folder, or the --model given)
+    source: str  # the model evaluated: the --model given, or the checkpoint in the work folder
     config: str | None  # the TrainConfig YAML it was trained from (None: model given)
     train_s: float | None  # training wall time (None: model given)
     steps: int | None
     settings: dict[str, Any]  # the config fields the page shows
     means: dict[str, dict[str, float]]
     table: str  # the markdown table of evaluate_models
-    grid: Path
+    grid: str  # the comparison grid, relative to the page's folder
     goal_met: bool
     verdict: str
+    data: str  # the dataset tree, as given on the command line
+    made_by: str  # the command, date and machine of the run that made this section
 
 
 def goal_verdict(means: dict[str, dict[str, float]], model: str = MODEL_LABEL
@@ -119,8 +127,10 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
         if not path.is_file():
             raise FileNotFoundError(f"{task}: no training config {path}")
     out = Path(out)
+    kept = load_record(out)  # a broken record fails here, before any training
     workdir = Path(workdir).resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    made_by = _made_by(command)
     init_ray()
     results = []
     for task in tasks:
@@ -144,28 +154,61 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
         shutil.copyfile(evaluation.out / "grid.png", grid)
         met, verdict = goal_verdict(evaluation.means)
         print(f"--- {task}: {verdict}", flush=True)
+        if task not in models and Path(source).is_relative_to(workdir):
+            source = Path(source).relative_to(workdir).as_posix()  # no machine paths on record
         results.append(TaskQuality(
             task, source, None if task in models else _shown(configs[task]), train_s, steps,
-            settings, evaluation.means,
-            (evaluation.out / "summary.md").read_text(), grid, met, verdict))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(results_markdown(results, data, command, out.parent))
+            settings, evaluation.means, (evaluation.out / "summary.md").read_text(),
+            grid.relative_to(out.parent).as_posix(), met, verdict, str(data), made_by))
+        kept[task] = results[-1]
+        write_page(out, kept)  # each finished task is on the page at once
     return results
 
 
-def results_markdown(results: list[TaskQuality], data: str, command: str, root: Path) -> str:
-    """The results page: how it was made, then per task the verdict, training and table."""
+def record_path(page: Path) -> Path:
+    """The record the page is rendered from: `results.json` beside `results.md`."""
+    return page.with_suffix(".json")
+
+
+def load_record(page: Path) -> dict[str, TaskQuality]:
+    """The tasks already on the page, from its record ({} when there is none)."""
+    path = record_path(page)
+    if not path.exists():
+        return {}
+    try:
+        entries = json.loads(path.read_text())
+        return {entry["task"]: TaskQuality(**entry) for entry in entries}
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"{path}: not a results record of this adaray version ({exc}); move "
+                         "it away to start a new page") from exc
+
+
+def write_page(page: Path, tasks: dict[str, TaskQuality]) -> None:
+    """Write the record and render the page from it, tasks in the order of `adaray.tasks`."""
+    ordered = [tasks[task] for task in TASKS if task in tasks]
+    page.parent.mkdir(parents=True, exist_ok=True)
+    record_path(page).write_text(json.dumps([asdict(t) for t in ordered], indent=1) + "\n")
+    page.write_text(results_markdown(ordered))
+
+
+def _made_by(command: str) -> str:
     import torch
 
+    return (f"`{command or 'adaray benchmark-quality'}` on {datetime.now().strftime('%Y-%m-%d')} "
+            f"({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__})")
+
+
+def results_markdown(results: list[TaskQuality]) -> str:
+    """The results page: how it was made, then per task the verdict, training and table."""
+    commands = list(dict.fromkeys(r.made_by for r in results))
+    data = " and ".join(f"`{d}`" for d in dict.fromkeys(r.data for r in results))
     lines = [
         "# Fusion quality per task", "",
-        f"Made by `{command or 'adaray benchmark-quality'}` on "
-        f"{datetime.now().strftime('%Y-%m-%d')} ({platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch {torch.__version__}). Each model is scored on its "
-        f"task's held-out validation pairs under `{data}` (training's deterministic split, "
-        "never trained on) against the classical baselines of `adaray.baselines`, with "
-        "`adaray.metrics` on the fused 8-bit luma as METRICS.md defines them; higher is "
-        "better in every column, the best of each in bold.", "",
+        f"Made by {commands[0] if len(commands) == 1 else 'the commands named per task'}. "
+        f"Each model is scored on its task's held-out validation pairs under {data} "
+        "(training's deterministic split, never trained on) against the classical baselines "
+        "of `adaray.baselines`, with `adaray.metrics` on the fused 8-bit luma as METRICS.md "
+        "defines them; higher is better in every column, the best of each in bold.", "",
         f"Goal: beat every baseline on Qabf and on VIF, with SSIM at most "
         f"{SSIM_TOLERANCE:.0%} below the plain average's.", "",
         "| task | goal | Qabf | VIF | SSIM | training |", "|---|---|---|---|---|---|"]
@@ -176,7 +219,10 @@ def results_markdown(results: list[TaskQuality], data: str, command: str, root: 
         lines.append(f"| {r.task} | {'met' if r.goal_met else 'missed'} | {ours['Qabf']:.4f} "
                      f"| {ours['VIF']:.4f} | {ours['SSIM']:.4f} | {training} |")
     for r in results:
-        lines += ["", f"## {r.task}: {TASKS[r.task].title}", "", r.verdict + ".", ""]
+        lines += ["", f"## {r.task}: {TASKS[r.task].title}", ""]
+        if len(commands) > 1:
+            lines += [f"Made by {r.made_by}.", ""]
+        lines += [r.verdict + ".", ""]
         if r.train_s is None:
             lines.append(f"Model: `{r.source}` (given).")
         else:
@@ -186,8 +232,7 @@ def results_markdown(results: list[TaskQuality], data: str, command: str, root: 
                          f"{r.train_s / 60:.1f} min: {settings} (loss weights not listed are "
                          "the task's defaults, `adaray/tasks.py`).")
         lines += ["", r.table.rstrip(), "",
-                  f"![{r.task}: sources and each model's result]"
-                  f"({r.grid.relative_to(root).as_posix()})"]
+                  f"![{r.task}: sources and each model's result]({r.grid})"]
     return "\n".join(lines) + "\n"
 
 

@@ -82,6 +82,30 @@ def test_benchmark_quality_trains_evaluates_and_writes_the_page(ray_cluster, tmp
         assert f"![{task}: sources and each model's result](results/{task}_grid.png)" in text
         assert read_image(page.parent / "results" / f"{task}_grid.png").shape[0] > 50
     assert "mif: goal" in run.stdout and "mff: goal" in run.stdout
+    assert "Made by `adaray benchmark-quality --tasks mif mff" in text
+
+    # Re-running one task replaces its section and keeps the other's, from the page's record.
+    mif_section = text[text.index("## mif"):]
+    record = json.loads(page.with_suffix(".json").read_text())
+    assert [entry["task"] for entry in record] == ["mff", "mif"]  # the order of adaray.tasks
+    assert record[1]["source"].startswith("runs/quality-mif-")  # inside the work folder
+    run = subprocess.run(
+        [ADARAY, "benchmark-quality", "--tasks", "mff", "--data", str(SAMPLES),
+         "--model", f"mff={given}", "--val-fraction", "0.3", "--out", str(page),
+         "--workdir", str(workdir)],
+        capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    text = page.read_text()
+    assert json.loads(page.with_suffix(".json").read_text())[1] == record[1]
+    assert text.index("## mff") < text.index("## mif")
+    assert all(line in text[text.index("## mif"):] for line in mif_section.splitlines())
+    assert "Made by the commands named per task" in text
+    assert "Made by `adaray benchmark-quality --tasks mff --data" in text
+    assert text.count("Made by `adaray benchmark-quality --tasks mif mff") == 1
+    summary = json.loads(sorted((workdir / "quality").glob("*/mff"))[-1].joinpath(
+        "summary.json").read_text())
+    assert summary["pairs"] == len(split_pairs(discover_pairs(SAMPLES, "mff"), 0.3)[1])
+    assert f"| mff | {'met' if goal_verdict(summary['means'])[0] else 'missed'} |" in text
 
 
 def test_bad_arguments_fail_before_ray_naming_them(tmp_path):
@@ -96,3 +120,9 @@ def test_bad_arguments_fail_before_ray_naming_them(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and f"ivf: no training config {tmp_path / 'ivf.yaml'}" \
         in run.stderr
+    # A page's record that cannot be read fails before training, naming the file.
+    (tmp_path / "r.json").write_text('[{"task": "ivf"')
+    run = subprocess.run([ADARAY, "benchmark-quality", "--tasks", "ivf", "--data",
+                          str(SAMPLES), "--out", str(tmp_path / "r.md")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and f"{tmp_path / 'r.json'}: not a results record" in run.stderr
