@@ -1,0 +1,106 @@
+"""Recipe trials at a fixed wall-clock budget: which settings learn most in the same CPU time.
+
+    python bench/recipe_trials.py NAME --task ivf [--minutes 16] [--threads 1]
+                                  [--config configs/ivf.yaml] [--set KEY=VALUE ...]
+                                  [--out trials.jsonl]
+
+Trains the config (with `--set` overrides) in this process for `--minutes` of wall clock, with
+the training step of `adaray.train.train_loop_per_worker` (same model, loss, AdamW, clipping,
+data) and its warm-up, but a cosine decay over the elapsed fraction of the budget instead of
+over `max_steps`: settings whose steps cost more (bigger patches) get fewer of them, as they
+would in a recipe of fixed length. Then scores the model on the task's validation pairs with
+`adaray.train.validate` (val_score, Qabf, VIF, SSIM, ...) and prints one JSON line (appended to
+`--out` when given). Data: the shared tree (ADARAY_SHARED_DATA, else
+<repo>/../shared/data/fusion).
+
+Run two trials at once with `--threads 1` each on a 2-core machine to compare them under the
+same load; compare trials of one such run, not across runs (a shared machine is noisy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from adaray import REPO_ROOT
+from adaray.data.dataset import build_datasets
+from adaray.losses import FusionLoss
+from adaray.model import AdaSFFuse
+from adaray.runtime import configure_allocator
+from adaray.train import OptimConfig, build_optimizer, load_train_config, validate
+
+
+def time_lr_factor(step: int, elapsed_fraction: float, cfg: OptimConfig) -> float:
+    """Linear warm-up over cfg.warmup_steps, then cosine to min_lr_ratio over the budget."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_fraction)))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("name")
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--config", help="training config (default configs/<task>.yaml)")
+    parser.add_argument("--minutes", type=float, default=16.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", help="append the result line to this JSONL file")
+    args = parser.parse_args()
+
+    data = os.environ.get("ADARAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "fusion")
+    config = args.config or REPO_ROOT / "configs" / f"{args.task}.yaml"
+    cfg = load_train_config(config, [f"task={args.task}", f"data.root={data}", *args.set])
+    configure_allocator()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    train_set, val_set = build_datasets(cfg.data.root, cfg.task, cfg.data, check=False)
+    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True)
+    model = AdaSFFuse(cfg.model)
+    optimizer, _ = build_optimizer(model, cfg)  # the lr follows the clock below instead
+    loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
+
+    batches = itertools.chain.from_iterable(itertools.repeat(loader))  # endless epochs
+    budget_s, step, losses = args.minutes * 60, 0, []
+    started = time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < budget_s:
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.optim.lr * time_lr_factor(step, elapsed / budget_s, cfg.optim)
+        batch = next(batches)
+        loss, _ = loss_fn(model(batch["a"], batch["b"]), batch["a"], batch["b"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+        step += 1
+        if step % 50 == 0:
+            print(f"{args.name}: step {step}, {elapsed / 60:.1f} min, "
+                  f"loss {np.mean(losses[-50:]):.3f}", flush=True)
+    scores, _ = validate(model, val_set, cfg.val)
+    result = {"name": args.name, "task": cfg.task, "minutes": args.minutes,
+              "threads": args.threads, "overrides": args.set, "steps": step,
+              "last_loss": round(float(np.mean(losses[-50:])), 4),
+              **{key: round(value, 4) for key, value in scores.items()}}
+    print(json.dumps(result), flush=True)
+    if args.out:
+        with Path(args.out).open("a") as out:
+            out.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
