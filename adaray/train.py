@@ -134,7 +134,11 @@ def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
     """Learning-rate multiplier at `step`: linear warm-up, then cosine to min_lr_ratio."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+    return cosine_factor((step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps), cfg)
+
+
+def cosine_factor(progress: float, cfg: OptimConfig) -> float:
+    """Cosine from 1 at progress 0 to min_lr_ratio at progress >= 1."""
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 

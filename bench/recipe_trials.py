@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import random
 import time
@@ -37,15 +36,21 @@ from adaray.data.dataset import build_datasets
 from adaray.losses import FusionLoss
 from adaray.model import AdaSFFuse
 from adaray.runtime import configure_allocator
-from adaray.train import OptimConfig, build_optimizer, load_train_config, validate
+from adaray.train import (
+    OptimConfig,
+    build_optimizer,
+    cosine_factor,
+    load_train_config,
+    optimizer_step,
+    validate,
+)
 
 
 def time_lr_factor(step: int, elapsed_fraction: float, cfg: OptimConfig) -> float:
     """Linear warm-up over cfg.warmup_steps, then cosine to min_lr_ratio over the budget."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed_fraction)))
-    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
+    return cosine_factor(elapsed_fraction, cfg)
 
 
 def main() -> None:
@@ -71,25 +76,23 @@ def main() -> None:
     train_set, val_set = build_datasets(cfg.data.root, cfg.task, cfg.data, check=False)
     loader = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True)
     model = AdaSFFuse(cfg.model)
-    optimizer, _ = build_optimizer(model, cfg)  # the lr follows the clock below instead
     loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
 
     batches = itertools.chain.from_iterable(itertools.repeat(loader))  # endless epochs
     budget_s, step, losses = args.minutes * 60, 0, []
     started = time.perf_counter()
-    while (elapsed := time.perf_counter() - started) < budget_s:
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.optim.lr * time_lr_factor(step, elapsed / budget_s, cfg.optim)
+    optimizer, _ = build_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # the lr follows the clock
+        optimizer, lambda index: time_lr_factor(
+            index, (time.perf_counter() - started) / budget_s, cfg.optim))
+    while time.perf_counter() - started < budget_s:
         batch = next(batches)
         loss, _ = loss_fn(model(batch["a"], batch["b"]), batch["a"], batch["b"])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
+        optimizer_step(loss, model, optimizer, scheduler, cfg.optim.grad_clip)
         losses.append(loss.item())
         step += 1
         if step % 50 == 0:
-            print(f"{args.name}: step {step}, {elapsed / 60:.1f} min, "
+            print(f"{args.name}: step {step}, {(time.perf_counter() - started) / 60:.1f} min, "
                   f"loss {np.mean(losses[-50:]):.3f}", flush=True)
     scores, _ = validate(model, val_set, cfg.val)
     result = {"name": args.name, "task": cfg.task, "minutes": args.minutes,
