@@ -95,7 +95,7 @@ def _pids_mentioning(text: str) -> set[int]:
     return pids
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True for a running process (zombies, already dead but not reaped, count as gone)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -115,7 +115,7 @@ def _describe(pid: int) -> str:
 
 def ray_processes(ray_tmp: str) -> list[int]:
     """Live processes of the Ray whose temp root is `ray_tmp`."""
-    return [p for p in _pids_mentioning(ray_tmp) if _alive(p)]
+    return [p for p in _pids_mentioning(ray_tmp) if process_alive(p)]
 
 
 @contextlib.contextmanager
@@ -286,9 +286,9 @@ class RayTestCluster:
             with contextlib.suppress(Exception):
                 self.cluster.shutdown()
         deadline = time.monotonic() + 15
-        while any(_alive(p) for p in started) and time.monotonic() < deadline:
+        while any(process_alive(p) for p in started) and time.monotonic() < deadline:
             time.sleep(0.2)
-        left = sorted(p for p in started if _alive(p))
+        left = sorted(p for p in started if process_alive(p))
         described = [_describe(p) for p in left]
         for pid in left:  # only processes of this cluster (descendants of its nodes)
             with contextlib.suppress(ProcessLookupError):

@@ -24,7 +24,7 @@ import pytest
 import torch
 from conftest import REPO, SAMPLES, SHARED_DATA
 from mlflow_server import all_artifacts, start_mlflow_server
-from ray_cluster import latest_checkpoint_step, wait_for
+from ray_cluster import latest_checkpoint_step, process_alive, wait_for
 
 from adaray import tracking
 from adaray.checkpoint import MODEL_FILENAME, load_model
@@ -243,11 +243,16 @@ def test_driver_kill_then_rerun_resumes(ray_cluster, tmp_path):
         wait_for(lambda: latest_checkpoint_step(folder) or first.poll() is not None, 180,
                  what="first checkpoint of the driver's run")
         assert first.poll() is None, f"driver ended early:\n{first_log.read_text()[-3000:]}"
+        actor_pids = {actor["pid"] for name in ("TrainController", "RayTrainWorker")
+                      for actor in ray_cluster.live_actors(name)}
     finally:
         _stop_group(first)  # SIGKILL: the driver gets no chance to clean up
     # The job's controller and workers die with their driver (GCS); then the rerun starts.
+    # The State API marks the actors dead before their processes exit, and a worker that is
+    # still running can log one more step, so wait for the processes themselves.
     wait_for(lambda: not ray_cluster.live_actors("TrainController")
-             and not ray_cluster.live_actors("RayTrainWorker"), 60,
+             and not ray_cluster.live_actors("RayTrainWorker")
+             and not any(process_alive(pid) for pid in actor_pids), 60,
              what="the killed driver's actors to exit")
     ckpt_step = latest_checkpoint_step(folder)
     assert ckpt_step is not None and ckpt_step < 30
