@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 BASELINE_PREFIX = "baseline:"
+LumaFuser = Callable[[np.ndarray, np.ndarray], np.ndarray]  # two (H, W) planes -> one
 
 
 def fuse_average(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -36,7 +37,8 @@ def fuse_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.maximum(a, b)
 
 
-def _pick_larger(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+def pick_larger(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per pixel, whichever of `x` and `y` has the larger magnitude (ties: `x`)."""
     return np.where(np.abs(x) >= np.abs(y), x, y)
 
 
@@ -70,7 +72,7 @@ def fuse_dwt(a: np.ndarray, b: np.ndarray, levels: int = 3) -> np.ndarray:
     for _ in range(levels):
         x, details_x = _haar_step(x)
         y, details_y = _haar_step(y)
-        fused_details.append(tuple(_pick_larger(u, v)
+        fused_details.append(tuple(pick_larger(u, v)
                                    for u, v in zip(details_x, details_y, strict=True)))
     out = (x + y) / 2
     for details in reversed(fused_details):
@@ -88,17 +90,20 @@ def _laplacian_pyramid(x: np.ndarray, levels: int) -> list[np.ndarray]:
     return pyramid
 
 
-def fuse_laplacian(a: np.ndarray, b: np.ndarray, levels: int = 4) -> np.ndarray:
-    """Laplacian pyramid fusion: base averaged, band-pass levels by larger magnitude.
+def fuse_laplacian(
+    a: np.ndarray, b: np.ndarray, levels: int = 4, base: LumaFuser = fuse_average
+) -> np.ndarray:
+    """Laplacian pyramid fusion: bases combined by `base` (averaged), band-pass levels by
+    larger magnitude.
 
     Fewer levels are used when the image is too small for `levels` halvings.
     """
     levels = max(0, min(levels, int(np.log2(min(a.shape))) - 1))
     pa = _laplacian_pyramid(a.astype(np.float32), levels)
     pb = _laplacian_pyramid(b.astype(np.float32), levels)
-    out = (pa[-1] + pb[-1]) / 2
+    out = base(pa[-1], pb[-1])
     for la, lb in zip(reversed(pa[:-1]), reversed(pb[:-1]), strict=True):
-        out = cv2.pyrUp(out, dstsize=la.shape[::-1]) + _pick_larger(la, lb)
+        out = cv2.pyrUp(out, dstsize=la.shape[::-1]) + pick_larger(la, lb)
     return out
 
 
@@ -112,7 +117,7 @@ def fuse_mertens(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return merge.process(exposures)[:, :, 0]
 
 
-LUMA_FUSERS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+LUMA_FUSERS: dict[str, LumaFuser] = {
     "average": fuse_average,
     "max": fuse_max,
     "dwt": fuse_dwt,

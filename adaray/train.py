@@ -132,13 +132,15 @@ def load_train_config(path: str | Path | None = None, overrides: list[str] = ())
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:
     """Learning-rate multiplier at `step`: linear warm-up, then cosine to min_lr_ratio."""
+    progress = (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps)
+    return warmup_cosine_factor(step, progress, cfg)
+
+
+def warmup_cosine_factor(step: int, progress: float, cfg: OptimConfig) -> float:
+    """Linear warm-up over cfg.warmup_steps, then a cosine from 1 at `progress` 0 (the end of
+    warm-up) to min_lr_ratio at `progress` >= 1."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    return cosine_factor((step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps), cfg)
-
-
-def cosine_factor(progress: float, cfg: OptimConfig) -> float:
-    """Cosine from 1 at progress 0 to min_lr_ratio at progress >= 1."""
     cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine
 
@@ -207,7 +209,7 @@ def _node_ids(world_size: int) -> list[str]:
     return gathered
 
 
-def _batches(loader: DataLoader, world_size: int) -> Iterator[dict[str, Any]]:
+def endless_batches(loader: DataLoader, world_size: int) -> Iterator[dict[str, Any]]:
     """Endless batches, reshuffled each epoch (the distributed sampler needs set_epoch)."""
     epoch = 0
     while True:
@@ -316,7 +318,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.start_run(run["name"], to_dict(cfg), tags, run_id=mlflow_run_id,
                           parent_run_id=run.get("parent_run_id"))
 
-    batches = _batches(loader, world_size)
+    batches = endless_batches(loader, world_size)
     samples, window_start = 0, time.perf_counter()
     while step < cfg.max_steps:
         batch = next(batches)

@@ -13,32 +13,14 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
 
 import cv2
 import numpy as np
 
 from adaray import REPO_ROOT
-from adaray.baselines import (
-    _laplacian_pyramid,
-    _pick_larger,
-    fuse_average,
-    fuse_laplacian,
-    fuse_max,
-)
+from adaray.baselines import LumaFuser, fuse_average, fuse_laplacian, fuse_max, pick_larger
 from adaray.data.dataset import DataConfig, build_datasets
 from adaray.metrics import evaluate_images
-
-Fusion = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def laplacian_max_base(a: np.ndarray, b: np.ndarray, levels: int = 4) -> np.ndarray:
-    """Laplacian pyramid fusion whose base is the max of the sources' bases (not the mean)."""
-    pa, pb = _laplacian_pyramid(a, levels), _laplacian_pyramid(b, levels)
-    out = np.maximum(pa[-1], pb[-1])
-    for la, lb in zip(reversed(pa[:-1]), reversed(pb[:-1]), strict=True):
-        out = cv2.pyrUp(out, dstsize=la.shape[::-1]) + _pick_larger(la, lb)
-    return out
 
 
 def detail(x: np.ndarray, sigma: float = 2.0) -> np.ndarray:
@@ -46,17 +28,24 @@ def detail(x: np.ndarray, sigma: float = 2.0) -> np.ndarray:
     return x - cv2.GaussianBlur(x, (0, 0), sigma)
 
 
-VARIANTS: dict[str, Fusion] = {
+def unsharp(fuse: LumaFuser, amount: float) -> LumaFuser:
+    """`fuse`, then its own detail band added `amount` times more (unsharp masking)."""
+    def fused_and_sharpened(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        fused = fuse(a, b)
+        return fused + amount * detail(fused)
+    return fused_and_sharpened
+
+
+VARIANTS: dict[str, LumaFuser] = {
     "average": fuse_average,
     "max": fuse_max,
     "laplacian": fuse_laplacian,
-    "laplacian, max base": laplacian_max_base,
-    "max + 0.5 stronger detail": lambda a, b: fuse_max(a, b) + 0.5 * _pick_larger(detail(a),
-                                                                                  detail(b)),
-    "max, unsharp 0.5": lambda a, b: fuse_max(a, b) + 0.5 * detail(fuse_max(a, b)),
-    "max, unsharp 1.0": lambda a, b: fuse_max(a, b) + 1.0 * detail(fuse_max(a, b)),
-    "laplacian, unsharp 0.5": lambda a, b: fuse_laplacian(a, b) + 0.5 * detail(
-        fuse_laplacian(a, b)),
+    "laplacian, max base": lambda a, b: fuse_laplacian(a, b, base=fuse_max),
+    "max + 0.5 stronger detail": lambda a, b: fuse_max(a, b) + 0.5 * pick_larger(detail(a),
+                                                                                 detail(b)),
+    "max, unsharp 0.5": unsharp(fuse_max, 0.5),
+    "max, unsharp 1.0": unsharp(fuse_max, 1.0),
+    "laplacian, unsharp 0.5": unsharp(fuse_laplacian, 0.5),
 }
 
 

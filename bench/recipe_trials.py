@@ -20,7 +20,6 @@ same load; compare trials of one such run, not across runs (a shared machine is 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 import random
@@ -37,20 +36,13 @@ from adaray.losses import FusionLoss
 from adaray.model import AdaSFFuse
 from adaray.runtime import configure_allocator
 from adaray.train import (
-    OptimConfig,
     build_optimizer,
-    cosine_factor,
+    endless_batches,
     load_train_config,
     optimizer_step,
     validate,
+    warmup_cosine_factor,
 )
-
-
-def time_lr_factor(step: int, elapsed_fraction: float, cfg: OptimConfig) -> float:
-    """Linear warm-up over cfg.warmup_steps, then cosine to min_lr_ratio over the budget."""
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    return cosine_factor(elapsed_fraction, cfg)
 
 
 def main() -> None:
@@ -78,12 +70,12 @@ def main() -> None:
     model = AdaSFFuse(cfg.model)
     loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
 
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))  # endless epochs
+    batches = endless_batches(loader, world_size=1)
     budget_s, step, losses = args.minutes * 60, 0, []
     started = time.perf_counter()
     optimizer, _ = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(  # the lr follows the clock
-        optimizer, lambda index: time_lr_factor(
+        optimizer, lambda index: warmup_cosine_factor(
             index, (time.perf_counter() - started) / budget_s, cfg.optim))
     while time.perf_counter() - started < budget_s:
         batch = next(batches)
