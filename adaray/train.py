@@ -8,6 +8,7 @@ Resuming is the V2 way: build the trainer again with the same run name and stora
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import socket
@@ -260,6 +261,18 @@ def _stack_rows(rows: list[np.ndarray]) -> np.ndarray | None:
     return merge_luma(np.concatenate(padded, axis=0), None)
 
 
+def _quiet_ray_report_log() -> None:
+    """Stop Ray Train echoing every `ray.train.report` (the whole metrics dict) on the console.
+
+    Ray 2.60 logs each report at INFO from a logger named by its file path, which the root
+    logger passes to the console and `LoggingConfig` cannot filter; the loop's own progress line
+    (ProgressCallback) says the same in one line. Warnings and errors still show.
+    """
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """The Ray Train worker loop (also runs in-process with ScalingConfig(num_workers=0))."""
     from adaray.tracking import Tracker
@@ -268,6 +281,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     run = config["run"]
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    _quiet_ray_report_log()
     configure_allocator()
     torch.set_num_threads(cfg.cpus_per_worker)
     torch.manual_seed(cfg.seed + rank)

@@ -263,6 +263,7 @@ def test_driver_kill_then_rerun_resumes(ray_cluster, tmp_path):
     output = rerun.stdout + rerun.stderr
     assert rerun.returncode == 0, output[-4000:]
     assert "finished at step 30" in output
+    assert "Reporting training result" not in output  # Ray's per-report echo is silenced
     steps = [int(m.group(1)) for m in PROGRESS.finditer(output)]
     assert steps, f"no progress lines in the rerun's output:\n{output[-4000:]}"
     assert steps[0] == ckpt_step + 2, (ckpt_step, steps)  # continues after the checkpoint
