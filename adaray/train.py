@@ -14,7 +14,7 @@ import random
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -147,14 +147,15 @@ def warmup_cosine_factor(step: int, progress: float, cfg: OptimConfig) -> float:
 
 
 def build_optimizer(
-    model: nn.Module, cfg: TrainConfig
+    model: nn.Module, cfg: TrainConfig, schedule: Callable[[int], float] | None = None
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW and its warm-up + cosine schedule (stepped once per optimizer step)."""
+    """AdamW and its lr schedule (stepped once per optimizer step): `schedule(step)` multiplies
+    the lr; by default the warm-up + cosine over cfg.max_steps (`lr_factor`)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr,
                                   betas=(cfg.optim.beta1, cfg.optim.beta2),
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, cfg.optim, cfg.max_steps))
+        optimizer, schedule or (lambda step: lr_factor(step, cfg.optim, cfg.max_steps)))
     return optimizer, scheduler
 
 

@@ -73,9 +73,8 @@ def main() -> None:
     batches = endless_batches(loader, world_size=1)
     budget_s, step, losses = args.minutes * 60, 0, []
     started = time.perf_counter()
-    optimizer, _ = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(  # the lr follows the clock
-        optimizer, lambda index: warmup_cosine_factor(
+    optimizer, scheduler = build_optimizer(  # the lr follows the clock
+        model, cfg, lambda index: warmup_cosine_factor(
             index, (time.perf_counter() - started) / budget_s, cfg.optim))
     while time.perf_counter() - started < budget_s:
         batch = next(batches)
