@@ -159,6 +159,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text}")
+    return value
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser) -> None:
+    """--resource-wait: of every command that runs on Ray."""
+    parser.add_argument("--resource-wait", type=_seconds, metavar="SECONDS",
+                        help="report a request that waits this long for CPUs/GPUs, naming "
+                             "what holds them (default: $ADARAY_RESOURCE_WAIT_S or 120); the "
+                             "demo stops there")
+
+
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     """--task, --data, --a-dir, --b-dir: where the pairs are (train, tune, evaluate)."""
     parser.add_argument("--task", required=True, choices=sorted(TASKS))
@@ -185,12 +200,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, help="total optimizer steps")
     parser.add_argument("--storage", help="checkpoint storage path or URI (s3://...)")
     parser.add_argument("--name", help="run name; rerunning a name in the same storage resumes")
+    add_ray_arguments(parser)
 
 
 def train_from_args(args: argparse.Namespace) -> int:
     """Build the TrainConfig from arguments, check it, start or join Ray, train, summarise."""
 
     from adaray import tracking
+    from adaray.ray_state import placement_groups_released
     from adaray.train import best_checkpoint, build_trainer, load_train_config
 
     overrides = _pair_overrides(args, workers=args.workers, max_steps=args.max_steps,
@@ -200,7 +217,8 @@ def train_from_args(args: argparse.Namespace) -> int:
     trainer = build_trainer(cfg)  # bad config and missing data fail here, before Ray starts
     init_ray()
     try:
-        result = trainer.fit()
+        with placement_groups_released(f"run {trainer.run_config.name}"):
+            result = trainer.fit()
     except Exception as exc:  # Ray Train raises the workers' error after its retries
         print(f"adaray train: training failed: {exc}", file=sys.stderr)
         return 1
@@ -306,6 +324,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the split's validation fraction (data.val_fraction; default 0.1)")
     parser.add_argument("--workdir", default="adaray_work",
                         help="work folder of the embedded MLflow store")
+    add_ray_arguments(parser)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -339,6 +358,7 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="docs/results.md", help="the results page")
     parser.add_argument("--workdir", default="adaray_work",
                         help="work folder: MLflow store, checkpoints, fused images")
+    add_ray_arguments(parser)
 
 
 def cmd_benchmark_quality(args: argparse.Namespace) -> int:
@@ -380,6 +400,7 @@ def add_tune_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="sweep name (default TASK-sweep-TIMESTAMP)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the sweep --name after an interruption")
+    add_ray_arguments(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,6 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="work folder: MLflow store, checkpoints, sweeps, reports")
     demo.add_argument("--quick", action="store_true",
                       help="a few steps per phase (what the tests run)")
+    add_ray_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     evaluate = sub.add_parser("evaluate", help="score models and baselines on pairs (Ray)")
@@ -440,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Serve config (default: serve/config.yaml)")
     serve_cmd.add_argument("--host", help="HTTP host (default: the config's, 127.0.0.1)")
     serve_cmd.add_argument("--port", type=int, help="HTTP port (default: the config's, 8000)")
+    add_ray_arguments(serve_cmd)
     serve_cmd.set_defaults(func=cmd_serve)
 
     train = sub.add_parser("train", help="train on Ray Train, tracked in MLflow")
@@ -469,7 +492,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_guarded(command: Any, args: argparse.Namespace, name: str) -> int:
     """Run a command; bad input (config, data, files) ends with one error line and exit code 2."""
+    from adaray.ray_state import WAIT_LIMIT_ENV
+
     configure_allocator()
+    if getattr(args, "resource_wait", None) is not None:
+        os.environ[WAIT_LIMIT_ENV] = str(args.resource_wait)
     try:
         return command(args)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:

@@ -65,9 +65,14 @@ def _free_port(preferred: int) -> int:
 
 def run_demo(task: str = "ivf", data: str | Path | None = None,
              workdir: str | Path = "adaray_work", quick: bool = False) -> dict[str, Any]:
-    """Run the five phases; returns the summary (paths and figures) it prints."""
+    """Run the five phases; returns the summary (paths and figures) it prints.
+
+    A request that waits for resources longer than ADARAY_RESOURCE_WAIT_S (default 120 s)
+    stops the demo with a message naming what holds them.
+    """
     import ray
 
+    from adaray.ray_state import placement_groups_released
     from adaray.serving import serve_env_vars
     from adaray.tracking import registered_model_name, tracking_uri
     from adaray.train import best_checkpoint, build_trainer, load_train_config, prepare_config
@@ -89,14 +94,32 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     started = time.monotonic()
 
     # A local Ray (or the cluster at RAY_ADDRESS); replicas import serve.app from this checkout.
-    init_ray(serve_env_vars(), logging_level="ERROR")
-    # Ctrl-C: leave through the `finally` below (SystemExit, as Ray's own SIGTERM handler does;
-    # a KeyboardInterrupt raised inside Ray's driver loops does not always reach this frame).
-    signal.signal(signal.SIGINT, _interrupted)
+    # The demo needs at most 1 CPU at a time: a request that waits longer than the limit will
+    # not be placed, so the demo stops with the watch's message instead of waiting for ever.
+    stuck: list[str] = []
+
+    def resource_wait(message: str) -> None:
+        stuck.append(message)
+        os.kill(os.getpid(), signal.SIGINT)  # leave through the handler below
+
+    init_ray(serve_env_vars(), logging_level="ERROR", on_resource_wait=resource_wait)
+
+    # Ctrl-C (or a stuck request): leave through the `finally` below (SystemExit, as Ray's own
+    # SIGTERM handler does; a KeyboardInterrupt raised inside Ray's driver loops does not always
+    # reach this frame).
+    def interrupted(signum: int, frame: Any) -> None:
+        if stuck:
+            sys.exit(f"adaray demo: failed: {stuck[0]}")
+        print("\nadaray demo: interrupted; stopping Serve and Ray", flush=True)
+        sys.exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
     serving = False
     try:
         phase = _phase(1, f"train a small AdaSFFuse on {task} pairs in {data} (Ray Train)")
-        result = _off_main_thread(build_trainer(base).fit)
+        trainer = build_trainer(base)
+        with placement_groups_released("the demo's training"):
+            result = _off_main_thread(trainer.fit)
         best = best_checkpoint(result)
         summary["trained_model"] = best[0].path
         summary["trained_val_score"] = best[1]["val_score"]
@@ -126,8 +149,9 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
             from ray import serve
 
             serve.shutdown()
+        left = _placement_groups_left()
         ray.shutdown()
-        _done(phase, "stopped")
+        _done(phase, f"stopped; placement groups left: {left}")
     summary["wall_s"] = time.monotonic() - started
     summary["mlflow_ui"] = f"mlflow ui --backend-store-uri {tracking_uri(workdir)}"
     _print_summary(summary)
@@ -157,9 +181,15 @@ def _off_main_thread(function: Callable[[], Any]) -> Any:
     return outcome["value"]
 
 
-def _interrupted(signum: int, frame: Any) -> None:
-    print("\nadaray demo: interrupted; stopping Serve and Ray", flush=True)
-    sys.exit(130)
+def _placement_groups_left() -> str:
+    """The demo's placement groups still held ("none" once every phase gave its back)."""
+    from adaray.ray_state import job_placement_groups
+
+    try:
+        left = job_placement_groups()
+    except Exception as exc:  # the State API is down: say so, shut down anyway
+        return f"unknown ({exc})"
+    return ", ".join(sorted(left)) or "none"
 
 
 def _sweep(base: Any, plan: DemoPlan, name: str) -> Any:

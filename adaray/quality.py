@@ -81,6 +81,7 @@ def goal_verdict(means: dict[str, dict[str, float]], model: str = MODEL_LABEL
 def train_task(task: str, data: str | Path, config: str | Path, overrides: list[str],
                workdir: Path, stamp: str) -> tuple[str, float, int, dict[str, Any]]:
     """Train one task on Ray Train; returns (best checkpoint, wall seconds, steps, settings)."""
+    from adaray.ray_state import placement_groups_released
     from adaray.tracking import flatten
     from adaray.train import best_checkpoint, build_trainer, load_train_config
 
@@ -89,7 +90,8 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
                                      *overrides])
     trainer = build_trainer(cfg)  # bad config or data fails here, before training
     started = time.monotonic()
-    result = trainer.fit()
+    with placement_groups_released(f"{task} training"):
+        result = trainer.fit()
     wall_s = time.monotonic() - started
     best = best_checkpoint(result)
     if best is None:

@@ -33,6 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from adaray.config import ConfigError, from_dict, read_yaml, set_dotted, to_dict
+from adaray.ray_state import placement_groups_released
 from adaray.runtime import init_ray
 from adaray.tracking import (
     ModelRegistry,
@@ -584,7 +585,8 @@ def run_sweep(base: TrainConfig, space: SearchSpace, *, name: str | None = None,
                                        resume_errored=True)
         else:
             tuner = _new_tuner(trainable, space, name, storage, base.max_failures)
-        results = tuner.fit()
+        with placement_groups_released(f"sweep {name}"):
+            results = tuner.fit()
     except BaseException:
         tracker.end_run("FAILED")
         raise
@@ -613,17 +615,22 @@ def _sweep_definition(path: str, name: str, storage: str, base: TrainConfig,
 
 def _new_tuner(trainable: Any, space: SearchSpace, name: str, storage: str,
                max_failures: int) -> tune.Tuner:
-    """The Tuner of a new sweep: ASHA over steps, Optuna TPE (or random) proposals."""
+    """The Tuner of a new sweep: ASHA over steps, Optuna TPE (or random) proposals, at most
+    sweep.max_concurrent trials at once (each searcher takes the limit its own way: Tune's
+    max_concurrent_trials is ignored for the random generator)."""
     sweep = space.sweep
     searchable = any(p.type != "fixed" for p in space.params)
     if sweep.searcher == "optuna" and searchable:
+        from ray.tune.search import ConcurrencyLimiter
         from ray.tune.search.optuna import OptunaSearch
 
-        searcher: Any = OptunaSearch(seed=sweep.seed)
+        searcher: Any = ConcurrencyLimiter(OptunaSearch(seed=sweep.seed),
+                                           max_concurrent=sweep.max_concurrent)
     else:  # Optuna cannot propose from an all-fixed space
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        searcher = BasicVariantGenerator(random_state=sweep.seed)
+        searcher = BasicVariantGenerator(random_state=sweep.seed,
+                                         max_concurrent=sweep.max_concurrent)
     scheduler = ASHAScheduler(time_attr="step", max_t=sweep.max_steps,
                               grace_period=sweep.grace_period,
                               reduction_factor=sweep.reduction_factor)
@@ -631,8 +638,7 @@ def _new_tuner(trainable: Any, space: SearchSpace, name: str, storage: str,
         trainable,
         param_space=space.tune_param_space(),
         tune_config=tune.TuneConfig(metric=sweep.metric, mode="max", search_alg=searcher,
-                                    scheduler=scheduler, num_samples=sweep.num_samples,
-                                    max_concurrent_trials=sweep.max_concurrent),
+                                    scheduler=scheduler, num_samples=sweep.num_samples),
         run_config=tune.RunConfig(
             name=name, storage_path=storage,
             # A trial whose process died restarts and resumes its Train run's checkpoint.

@@ -1,20 +1,26 @@
-"""`adaray demo --quick` end to end, twice in one work folder; Ctrl-C of a demo on its own Ray.
+"""`adaray demo --quick` end to end, twice in one work folder; Ctrl-C of a demo on its own Ray;
+the demo and a sweep beside a foreign Ray instance; a demo that cannot get its CPUs.
 
 The end-to-end run joins the session's test cluster (RAY_ADDRESS), as a demo submitted to a
-cluster would: a second Ray instance on this host would make Ray Train's placement-group cleaner
-ambiguous about which cluster to clean. The Ctrl-C test starts the demo on its own local Ray
-(private RAY_TMPDIR) and checks that none of its Ray processes outlive it.
+cluster would. The Ctrl-C test starts the demo on its own local Ray (private RAY_TMPDIR) and
+checks that none of its Ray processes outlive it. The foreign-instance test runs the demo on its
+own Ray and a sweep on the session cluster while a third instance, a plain `ray.init()` in
+another process, runs too: with several instances on the host, Ray's State API cannot guess
+which one it is in, so every adaray process must know its own (issue G).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import REPO, SAMPLES
 from ray_cluster import RayTestCluster, own_ray_process, ray_processes, wait_for
 
 from adaray import tracking
@@ -92,3 +98,109 @@ def test_ctrl_c_stops_the_demo_and_its_local_ray(tmp_path):
         assert "=== [5/5] shut down Serve and the local Ray" in text
         wait_for(lambda: not ray_processes(ray_tmp), 30,
                  what="the demo's Ray processes to exit")
+
+
+FOREIGN_RAY = """
+import ray, time
+ray.init(logging_level="ERROR")
+print("foreign ray at", ray.get_runtime_context().gcs_address, flush=True)
+time.sleep(1800)
+"""
+# Two trials, at most one at a time, with the random searcher (which once ignored the limit).
+SEQUENTIAL_SPACE = {
+    "sweep": {"num_samples": 2, "max_concurrent": 1, "grace_period": 5, "max_steps": 10,
+              "reduction_factor": 2, "searcher": "random", "seed": 0},
+    "params": {"optim.lr": {"type": "loguniform", "low": 1.0e-3, "high": 5.0e-3}},
+}
+TRIAL_EVENT = re.compile(r"\[adaray tune\] trial (\w+) (started|completed|stopped early|failed)")
+
+
+def _most_trials_at_once(output: str) -> int:
+    running: set[str] = set()
+    most = 0
+    for trial, event in TRIAL_EVENT.findall(output):
+        if event == "started":
+            running.add(trial)
+        else:
+            running.discard(trial)
+        most = max(most, len(running))
+    return most
+
+
+def _live_placement_groups(address: str) -> list[str]:
+    from ray.util.state import list_placement_groups
+
+    return [f"{g.placement_group_id} {g.state}" for g in list_placement_groups(address=address)
+            if g.state != "REMOVED"]
+
+
+@pytest.mark.timeout(900)
+def test_demo_and_sweep_beside_a_foreign_ray_finish_and_leave_no_placement_group(
+        ray_cluster: RayTestCluster, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(SEQUENTIAL_SPACE))
+    sweep_command = [ADARAY, "tune", "--task", "ivf", "--data", str(SAMPLES), "--config",
+                     str(REPO / "configs" / "tiny.yaml"), "--space", str(space),
+                     "--set", f"workdir={tmp_path / 'sweep-work'}", "--set", "val_every=5",
+                     "--set", "ckpt_every=5", "--name", "beside-foreign"]
+    sweep_env = ray_cluster.env()
+    sweep_env.pop("MLFLOW_TRACKING_URI", None)
+    demo_command = [ADARAY, "demo", "--quick", "--workdir", str(tmp_path / "demo-work")]
+    foreign_log, demo_log = tmp_path / "foreign.log", tmp_path / "demo.log"
+    with own_ray_process([sys.executable, "-c", FOREIGN_RAY], foreign_log, "adaray-fr-") as (
+            foreign, _):
+        found = wait_for(lambda: re.search(r"foreign ray at (\S+)", foreign_log.read_text()),
+                         120, what="the foreign Ray instance")
+        foreign_address = found.group(1)
+        with own_ray_process(demo_command, demo_log, "adaray-dm-") as (demo, _):
+            sweep = subprocess.run(sweep_command, capture_output=True, text=True, env=sweep_env,
+                                   timeout=600, stdin=subprocess.DEVNULL)
+            demo_code = demo.wait(timeout=600)
+        demo_output = demo_log.read_text()
+        sweep_output = sweep.stdout + sweep.stderr
+        assert foreign.poll() is None, foreign_log.read_text()[-2000:]  # it ran all along
+        assert _live_placement_groups(foreign_address) == []
+    assert demo_code == 0, demo_output[-5000:]
+    assert sweep.returncode == 0, sweep_output[-5000:]
+    # The demo started its own instance, said so and named the foreign one.
+    announced = next((line for line in demo_output.splitlines()
+                      if " on this host: " in line and line.startswith("[adaray] ")), "")
+    assert f"{foreign_address} (started by pid {foreign.pid}: -c" in announced, demo_output[:3000]
+    assert "starting a separate one" in announced and "RAY_ADDRESS=" in announced
+    assert "placement groups left: none" in demo_output
+    assert _live_placement_groups(ray_cluster.address) == []
+    # Ray Train's cleaner found its own cluster in every process (it failed with this before).
+    for output in (demo_output, sweep_output):
+        assert "Found multiple active Ray instances" not in output
+        assert "[adaray] removed placement group" not in output  # Ray's own clean-up did it
+    assert _most_trials_at_once(sweep_output) == 1, sweep_output[-5000:]
+    assert len(set(TRIAL_EVENT.findall(sweep_output))) >= 4  # both trials started and ended
+
+
+@pytest.mark.timeout(300)
+def test_demo_fails_naming_the_holder_when_its_cpus_are_taken(ray_cluster: RayTestCluster,
+                                                              tmp_path):
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    env = ray_cluster.env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    with ray_cluster.driver():
+        holder = placement_group([{"CPU": 2}, {"CPU": 2}], strategy="STRICT_SPREAD")
+        ray.get(holder.ready(), timeout=60)
+        try:
+            run = subprocess.run([ADARAY, "demo", "--quick", "--workdir", str(tmp_path / "work"),
+                                  "--resource-wait", "3"], capture_output=True, text=True,
+                                 env=env, timeout=240, stdin=subprocess.DEVNULL)
+        finally:
+            remove_placement_group(holder)
+    output = run.stdout + run.stderr
+    assert run.returncode == 1, output[-5000:]
+    assert "=== [2/5]" not in output  # it stopped in training, where it waited
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("adaray demo: failed: [adaray] waited "), output[-3000:]
+    assert "[CPU 1] (this job) cannot be placed; the cluster has CPU 4 (0 free) on 2 nodes" in last
+    assert f"placement group {holder.id.hex()[:12]} [CPU 2] + [CPU 2]" in last
+    assert "=== [5/5] shut down Serve and the local Ray" in output
+    wait_for(lambda: not ray_cluster.live_actors("TrainController"), 60,
+             what="the demo's Train controller to exit")
