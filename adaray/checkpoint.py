@@ -13,11 +13,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from adaray import REPO_ROOT
 from adaray.config import ConfigError, from_dict, to_dict
 from adaray.model import AdaSFFuse, ModelConfig
 
 MODEL_FORMAT = "adaray.model/1"
 MODEL_FILENAME = "model.pt"
+SHIPPED_MODELS = REPO_ROOT / "models"  # trained recipe models: <task>.pt and <task>.md
+
+
+def shipped_model(task: str) -> Path | None:
+    """The trained model shipped for `task` (models/<task>.pt), or None when there is none."""
+    path = SHIPPED_MODELS / f"{task}.pt"
+    return path if path.is_file() else None
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -77,9 +77,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_fuse(args: argparse.Namespace) -> int:
     """Fuse one pair (A B -o OUT.png) or every pair under --data (-o OUTDIR): with a served
-    model (--url), a trained one (--model) or an initialised one."""
+    model (--url), a trained one (--model), the task's shipped model (models/<task>.pt, the
+    default) or an initialised one (--config)."""
+    from adaray.checkpoint import load_model, shipped_model
     from adaray.data import check_pairs, discover_pairs, read_image, write_image
-    from adaray.fusion import fuse_arrays
+    from adaray.fusion import fuse_with_weights
 
     out = Path(args.output)
     if args.data:
@@ -92,17 +94,28 @@ def cmd_fuse(args: argparse.Namespace) -> int:
         if not (args.a and args.b):
             raise SystemExit("adaray fuse: give two images A B (or --data DIR)")
         jobs = [(Path(args.a), Path(args.b), out)]
-    if args.url and (args.model or args.config):
-        raise SystemExit("adaray fuse: --url uses the served model; drop --model/--config")
+    if args.url and (args.model or args.config or args.save_weights):
+        raise SystemExit("adaray fuse: --url uses the served model; drop --model/--config/"
+                         "--save-weights")
+    if args.model and args.config:
+        raise SystemExit("adaray fuse: --config builds an untrained model; drop it with --model")
     model = None
     if args.model:
         from adaray.tracking import load_model_from, tracking_uri
 
         model = load_model_from(args.model, tracking_uri(args.workdir))
-    elif not args.url:
+    elif args.config:
         model = _build_model(_model_config(args.config), seed=args.seed)
-        print("note: no trained weights given (--model or --url); fusing with an initialised "
-              f"(untrained) model (seed {args.seed})", file=sys.stderr)
+        print(f"note: fusing with an initialised (untrained) model of {args.config} "
+              f"(seed {args.seed})", file=sys.stderr)
+    elif not args.url:
+        shipped = shipped_model(args.task)
+        if shipped is None:
+            raise FileNotFoundError(f"no model given (--model, --url) and no shipped model for "
+                                    f"task {args.task} (models/{args.task}.pt)")
+        model = load_model(shipped)
+        print(f"note: fusing with the shipped {args.task} model {shipped} (--model to choose "
+              "another)", file=sys.stderr)
     for index, (path_a, path_b, target) in enumerate(jobs, start=1):
         start = time.perf_counter()
         if model is None:
@@ -117,7 +130,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(png)
         else:
-            write_image(target, fuse_arrays(model, read_image(path_a), read_image(path_b)))
+            fused, weights = fuse_with_weights(model, read_image(path_a), read_image(path_b))
+            write_image(target, fused)
+            if args.save_weights:
+                if weights is None:
+                    raise SystemExit("adaray fuse: --save-weights: this model's head predicts "
+                                     "pixels, not weights of the sources")
+                write_image(target.with_name(f"{target.stem}_weights.png"), weights)
         sources = f"{path_a.parent.name}/{path_a.name} + {path_b.parent.name}/{path_b.name}"
         print(f"[{index}/{len(jobs)}] {sources} -> {target} "
               f"({time.perf_counter() - start:.2f} s)")
@@ -358,6 +377,9 @@ def add_quality_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="docs/results.md", help="the results page")
     parser.add_argument("--workdir", default="adaray_work",
                         help="work folder: MLflow store, checkpoints, fused images")
+    parser.add_argument("--ship", metavar="DIR",
+                        help="also write each trained model as DIR/TASK.pt with a model card "
+                             "DIR/TASK.md (the shipped models/ are made so)")
     add_ray_arguments(parser)
 
 
@@ -376,7 +398,7 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     results = benchmark_quality(
         args.tasks, args.data, args.out, config_dir=args.config_dir, models=models,
         overrides=overrides, workdir=args.workdir, val_fraction=args.val_fraction,
-        command=" ".join(["adaray benchmark-quality",
+        ship=args.ship, command=" ".join(["adaray benchmark-quality",
                           *[a for a in sys.argv[1:] if a != "benchmark-quality"]]))
     print(f"\nwrote {args.out}:")
     for r in results:
@@ -428,11 +450,15 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--a-dir", help="folder of A images, relative to --data or absolute")
     fuse.add_argument("--b-dir", help="folder of B images, relative to --data or absolute")
     fuse.add_argument("--model", help="trained model: model.pt, a checkpoint folder, "
-                                      "runs:/ID/model or models:/adasffuse-TASK@champion")
+                                      "runs:/ID/model or models:/adasffuse-TASK@champion "
+                                      "(default: the shipped models/TASK.pt)")
     fuse.add_argument("--url", help="fuse with the Serve app at this URL (adaray serve)")
     fuse.add_argument("--workdir", default="adaray_work",
                       help="work folder of the embedded MLflow store (for --model URIs)")
-    fuse.add_argument("--config", help="ModelConfig YAML of an initialised model")
+    fuse.add_argument("--config", help="ModelConfig YAML of an initialised (untrained) model")
+    fuse.add_argument("--save-weights", action="store_true",
+                      help="also write the weight of A per pixel (white = A) as "
+                           "OUT_weights.png, for models whose head composes the sources")
     fuse.add_argument("--seed", type=int, default=0, help="initialisation seed")
     fuse.set_defaults(func=cmd_fuse)
 

@@ -30,6 +30,7 @@ from adaray.runtime import init_ray
 from adaray.tasks import get_task
 
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
+RECIPE_HEAD_FIELDS = ("head", "levels", "per_level_maps")  # taken from the task's recipe
 
 
 @dataclass
@@ -88,7 +89,8 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
         f"task={task}", f"data.root={data}", f"workdir={workdir}", f"max_steps={plan.train_steps}",
         f"val_every={plan.eval_every}", f"ckpt_every={plan.eval_every}",
         f"log_every={max(1, plan.eval_every // 2)}", f"name=demo-{task}-{stamp}",
-        "optim.lr=3.0e-3", f"optim.warmup_steps={min(20, plan.train_steps // 4)}"])
+        "optim.lr=3.0e-3", f"optim.warmup_steps={min(20, plan.train_steps // 4)}",
+        *_recipe_head_and_loss(task)])
     base = prepare_config(base)  # bad data fails here, before Ray starts
     summary: dict[str, Any] = {"task": task, "data": str(data), "workdir": str(workdir)}
     started = time.monotonic()
@@ -156,6 +158,18 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     summary["mlflow_ui"] = f"mlflow ui --backend-store-uri {tracking_uri(workdir)}"
     _print_summary(summary)
     return summary
+
+
+def _recipe_head_and_loss(task: str) -> list[str]:
+    """Overrides that give the demo's tiny model the output head and loss of the task's recipe
+    (configs/<task>.yaml): the demo shows the recipe at a small scale."""
+    from adaray.train import load_train_config
+
+    recipe = load_train_config(REPO_ROOT / "configs" / f"{task}.yaml")
+    fields = {**{f"model.{name}": getattr(recipe.model, name) for name in RECIPE_HEAD_FIELDS},
+              **{f"loss.{name}": value for name, value in to_dict(recipe.loss).items()
+                 if value is not None}}
+    return [f"{key}={value}" for key, value in fields.items()]
 
 
 def _off_main_thread(function: Callable[[], Any]) -> Any:

@@ -3,12 +3,14 @@
 `evaluate_models(task, data, sources, out)` runs one Ray task per (model, chunk of pairs) (the
 same code on a laptop and a cluster), each loading its model once (`load_model_from`: model
 files, checkpoint folders, `runs:/`, `models:/NAME@ALIAS`, `baseline:NAME`) and fusing through
-`adaray.fusion.fuse_arrays`. Every fused image is written as PNG and scored from the written
-file (`adaray.metrics.evaluate_images`), so the tables equal the metrics of the images on disk.
+`adaray.fusion.fuse_with_weights`. Every fused image is written as PNG and scored from the
+written file (`adaray.metrics.evaluate_images`), so the tables equal the metrics of the images on
+disk.
 
-Outputs under `out`: `fused/<model>/<group>/<stem>.png`, `metrics_per_pair.csv`,
-`summary.md` / `summary.json` (mean per model; best per column in bold) and `grid.png`
-(sources and each model's result for a few pairs, labelled).
+Outputs under `out`: `fused/<model>/<group>/<stem>.png`, for a model whose head composes the
+sources also `weights/<model>/<group>/<stem>.png` (the weight of A, white = A),
+`metrics_per_pair.csv`, `summary.md` / `summary.json` (mean per model; best per column in bold)
+and `grid.png` (sources, each model's result and weight map for a few pairs, labelled).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from adaray.data import (
     split_pairs,
     write_image,
 )
-from adaray.fusion import fuse_arrays
+from adaray.fusion import fuse_with_weights
 from adaray.metrics import METRICS, evaluate_images
 from adaray.runtime import init_ray
 
@@ -78,7 +80,10 @@ def _fuse_chunk(source: str, label: str, pairs: list[ImagePair], out: str, track
     for pair in pairs:
         a, b = read_image(pair.a_path), read_image(pair.b_path)
         target = Path(out) / "fused" / label / pair.group / f"{pair.stem}.png"
-        write_image(target, fuse_arrays(model, a, b))
+        fused, weights = fuse_with_weights(model, a, b)
+        write_image(target, fused)
+        if weights is not None:
+            write_image(Path(out) / "weights" / label / pair.group / f"{pair.stem}.png", weights)
         scores = evaluate_images(read_image(target), a, b, metrics)
         rows.append({"model": label, "group": pair.group, "stem": pair.stem,
                      "fused": str(target), **scores})
@@ -114,19 +119,25 @@ def summary_markdown(means: dict[str, dict[str, float]], metrics: list[str],
 
 def comparison_grid(pairs: list[ImagePair], labels: list[str], out: Path,
                     path: Path) -> Path:
-    """A labelled grid: one row per pair, columns A, B and each model's fused image."""
+    """A labelled grid: one row per pair, columns A, B and each model's fused image (followed by
+    its weight map where it wrote one)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    columns = ["A", "B", *labels]
+    shown = []  # (folder under out, model label, column title)
+    for label in labels:
+        shown.append(("fused", label, label))
+        if (out / "weights" / label).is_dir():
+            shown.append(("weights", label, f"{label}: weight of A"))
+    columns = ["A", "B", *[title for _, _, title in shown]]
     figure, axes = plt.subplots(len(pairs), len(columns), squeeze=False,
                                 figsize=(2.4 * len(columns), 2.4 * len(pairs)))
     for row, pair in enumerate(pairs):
         images = [read_image(pair.a_path), read_image(pair.b_path),
-                  *[read_image(out / "fused" / label / pair.group / f"{pair.stem}.png")
-                    for label in labels]]
+                  *[read_image(out / kind / label / pair.group / f"{pair.stem}.png")
+                    for kind, label, _ in shown]]
         for column, (title, image) in enumerate(zip(columns, images, strict=True)):
             ax = axes[row][column]
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)

@@ -12,6 +12,10 @@ command and machine that made it.
 The page is rendered from a record beside it (`results.json` for `results.md`): a run replaces
 the sections of the tasks it ran and keeps the others, so one task can be re-run after its
 recipe changes without training the other three again.
+
+With `ship`, each trained task's model is also written as `<ship>/<task>.pt` (a weights_only
+model file, `adaray.checkpoint`) with a model card `<ship>/<task>.md`: how it was trained, on
+what data, its scores against the baselines. `models/` holds the shipped ones.
 """
 
 from __future__ import annotations
@@ -28,10 +32,23 @@ from typing import Any
 
 from adaray import REPO_ROOT
 from adaray.config import to_dict
+from adaray.data import discover_pairs, split_pairs
 from adaray.runtime import init_ray
 from adaray.tasks import TASKS, get_task
 
 QUALITY_METRICS = ["EN", "SD", "SF", "AG", "MI", "SCD", "VIF", "Qabf", "SSIM", "SSIM_dr2"]
+# The training data of the shipped models, by dataset folder: source and citation (as the
+# shared data README gives them; it states no licence beyond asking for the citation).
+DATASETS = {
+    "RoadScene": 'RoadScene (Xu et al.); cite H. Xu et al., "FusionDN: A Unified Densely '
+                 'Connected Network for Image Fusion", AAAI 2020',
+    "MEFB": 'MEFB benchmark (Zhang, 2021); cite X. Zhang, "Benchmarking and comparing '
+            'multi-exposure image fusion algorithms", Information Fusion 2021',
+    "MFIFB": 'MFIFB benchmark (Zhang, 2020); cite X. Zhang, "Multi-focus image fusion: A '
+             'benchmark", arXiv:2005.01116',
+    "Harvard": "The Whole Brain Atlas (AANLIB), Harvard Medical School; cite K. A. Johnson, "
+               "J. A. Becker, The Whole Brain Atlas",
+}
 MODEL_LABEL = "adaray"
 SSIM_TOLERANCE = 0.05  # the model's SSIM may be this fraction below the plain average's
 
@@ -78,6 +95,50 @@ def goal_verdict(means: dict[str, dict[str, float]], model: str = MODEL_LABEL
     return met, ("goal met: " if met else "goal missed: ") + "; ".join(parts)
 
 
+def ship_model(result: TaskQuality, checkpoint: str | Path, folder: Path,
+               pairs: tuple[int, int], datasets: list[str]) -> Path:
+    """Write `folder/<task>.pt` (the trained model, weights_only) and its card `<task>.md`."""
+    from adaray.checkpoint import load_model, save_model
+    from adaray.model.profile import count_parameters
+
+    model = load_model(checkpoint)
+    ours = result.means[MODEL_LABEL]
+    scores = {name: round(ours[name], 4) for name in ("Qabf", "VIF", "SSIM")}
+    path = save_model(folder / f"{result.task}.pt", model, meta={
+        "task": result.task, "config": result.config, "steps": result.steps,
+        "train_minutes": round(result.train_s / 60, 1), "val": scores, "made_by": result.made_by})
+    cfg = model.config
+    sources = [DATASETS.get(name.split("-")[0], name) for name in datasets]
+    card = [
+        f"# {result.task}: {TASKS[result.task].title} fusion, AdaSFFuse CPU recipe", "",
+        f"`{path.name}`: a model file of `adaray.checkpoint` (plain tensors and the model "
+        "config; `torch.load(weights_only=True)` loads it, `adaray.checkpoint.load_model` "
+        f"rebuilds the network). {count_parameters(model):,} parameters: C = {cfg.channels}, "
+        f"{cfg.n_hi} + {cfg.n_lo} + {cfg.n_fuse} SF-Mamba blocks, the `{cfg.head}` head"
+        + (f" ({cfg.levels} levels{', one map per level' if cfg.per_level_maps else ''})"
+           if cfg.head == "pyramid" else "") + ".", "",
+        "## Use", "",
+        f"`adaray fuse --task {result.task} A B -o fused.png` (the default model of the task), "
+        f"`adaray evaluate --model models/{path.name}`, and the Serve app while no champion is "
+        "registered for the task.", "",
+        "## Training", "",
+        f"- Made by {result.made_by}.",
+        f"- Config `{result.config}`: {result.steps} steps in {result.train_s / 60:.1f} min "
+        "(Ray Train, one worker, 2 CPU threads); the checkpoint with the best validation score.",
+        f"- Data: {pairs[0]} training pairs under `{result.data}` "
+        f"({', '.join(datasets)}); {pairs[1]} held-out validation pairs by training's "
+        "deterministic split (never trained on).",
+        "", "## Scores on the held-out pairs", "",
+        result.verdict + ".", "", result.table.rstrip(), "",
+        "## Data and licence", "",
+        *[f"- {source}." for source in sources],
+        "- The shared data README that these datasets come from names their sources and asks "
+        "for these citations; it states no other licence terms. Check the original datasets' "
+        "terms before redistributing results.", ""]
+    (folder / f"{result.task}.md").write_text("\n".join(card))
+    return path
+
+
 def train_task(task: str, data: str | Path, config: str | Path, overrides: list[str],
                workdir: Path, stamp: str) -> tuple[str, float, int, dict[str, Any]]:
     """Train one task on Ray Train; returns (best checkpoint, wall seconds, steps, settings)."""
@@ -108,8 +169,9 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
                       config_dir: str | Path = REPO_ROOT / "configs",
                       models: dict[str, str] | None = None, overrides: list[str] = (),
                       workdir: str | Path = "adaray_work", val_fraction: float = 0.1,
-                      command: str = "") -> list[TaskQuality]:
-    """Train (or take `models[task]`) and evaluate each task; write the page `out`.
+                      command: str = "", ship: str | Path | None = None) -> list[TaskQuality]:
+    """Train (or take `models[task]`) and evaluate each task; write the page `out`, and with
+    `ship` each trained model and its card (`ship_model`).
 
     `data` is a dataset tree with every task's folders (e.g. ../shared/data/fusion); it is
     written to the page as given, so pass a relative path for a page without machine paths.
@@ -156,12 +218,19 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
         shutil.copyfile(evaluation.out / "grid.png", grid)
         met, verdict = goal_verdict(evaluation.means)
         print(f"--- {task}: {verdict}", flush=True)
+        checkpoint = source
         if task not in models and Path(source).is_relative_to(workdir):
             source = Path(source).relative_to(workdir).as_posix()  # no machine paths on record
         results.append(TaskQuality(
             task, source, None if task in models else _shown(configs[task]), train_s, steps,
             settings, evaluation.means, (evaluation.out / "summary.md").read_text(),
             grid.relative_to(out.parent).as_posix(), met, verdict, str(data), made_by))
+        if ship is not None and task not in models:
+            pairs = discover_pairs(Path(data).resolve(), task)
+            train_pairs, val_pairs = split_pairs(pairs, held_out)
+            shipped = ship_model(results[-1], checkpoint, Path(ship), (len(train_pairs),
+                                 len(val_pairs)), sorted({p.group for p in pairs}))
+            print(f"--- {task}: shipped {shipped} and its card", flush=True)
         kept[task] = results[-1]
         write_page(out, kept)  # each finished task is on the page at once
     return results

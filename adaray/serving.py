@@ -31,7 +31,8 @@ class ServeConfig:
 
     tasks: list[str] = field(default_factory=lambda: list(TASKS))  # tasks served
     # task -> model source: a model file / checkpoint folder, runs:/ID/model or models:/NAME@ALIAS
-    # (default for a task not listed: models:/adasffuse-<task>@champion).
+    # (default for a task not listed: models:/adasffuse-<task>@champion, and while no champion
+    # is registered, the shipped models/<task>.pt).
     models: dict[str, str] = field(default_factory=dict)
     max_pixels: int = 4096 * 4096  # larger sources are refused (413)
     max_batch_size: int = 8  # requests of one task and size fused in one forward pass
@@ -58,6 +59,14 @@ class ServeConfig:
         from adaray.tracking import CHAMPION_ALIAS, registered_model_name
 
         return self.models.get(task, f"models:/{registered_model_name(task)}@{CHAMPION_ALIAS}")
+
+    def fallback_source(self, task: str) -> str | None:
+        """The shipped model served while the task has no champion (tasks whose source is
+        configured have no fallback)."""
+        from adaray.checkpoint import shipped_model
+
+        shipped = shipped_model(task) if task not in self.models else None
+        return None if shipped is None else str(shipped)
 
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else the embedded store of `workdir`."""
@@ -117,11 +126,14 @@ def check_pair(a: np.ndarray, b: np.ndarray) -> None:
                                 f"b is {b.shape[1]}x{b.shape[0]} (width x height)")
 
 
-def load_task_model(source: str, tracking_uri: str) -> tuple[Any, dict[str, Any]]:
-    """Load a served model and describe it: (model, {"source", "version", "score"}).
+def load_task_model(source: str, tracking_uri: str,
+                    fallback: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load a served model and describe it: (model, {"source", "version", "score"}); a
+    `models:/NAME@ALIAS` source without a version holding the alias is replaced by `fallback`
+    when given (the info then names both).
 
-    Raises RequestError(503) with the reason when the source cannot be loaded (no such alias,
-    registry unreachable, missing or foreign file).
+    Raises RequestError(503) with the reason when the source cannot be loaded (no such alias
+    and no fallback, registry unreachable, missing or foreign file).
     """
     from adaray.tracking import ModelRegistry, load_model_from
 
@@ -130,11 +142,15 @@ def load_task_model(source: str, tracking_uri: str) -> tuple[Any, dict[str, Any]
         name, at, alias = source.removeprefix("models:/").partition("@")
         if source.startswith("models:/") and at:
             version = ModelRegistry(tracking_uri).alias_version(name, alias)
-            if version is None:
+            if version is None and fallback is not None:
+                info.update(source=fallback, instead_of=source)
+                source = fallback
+            elif version is None:
                 raise RequestError(503, f"model {source} is not available: registered model "
                                         f"{name} has no version with alias {alias!r} at "
                                         f"{tracking_uri} (run a sweep, or set models.<task>)")
-            info.update(version=version.version, score=version.score)
+            else:
+                info.update(version=version.version, score=version.score)
         model = load_model_from(source, tracking_uri)
     except RequestError:
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-IntensityTarget = Literal["max", "mean"]
+IntensityTarget = Literal["max", "mean", "focus"]
 SsimWeighting = Literal["gradient", "equal"]
 
 
@@ -29,6 +29,8 @@ class TaskSpec:
     w_ssim: float
     intensity_target: IntensityTarget
     ssim_weighting: SsimWeighting
+    w_vif: float = 0.0  # information-fidelity term (1 - differentiable VIF / 2); 0 = off
+    focus_window: int = 7  # side of the window of the "focus" target's gradient energy
 
 
 TASKS: dict[str, TaskSpec] = {

@@ -224,7 +224,8 @@ def endless_batches(loader: DataLoader, world_size: int) -> Iterator[dict[str, A
 def validate(
     model: nn.Module, val_set: FusionPairDataset, cfg: ValConfig
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """Mean validation metrics (and val_score) over full-size val pairs, plus an A|B|fused grid.
+    """Mean validation metrics (and val_score) over full-size val pairs, plus an A | B | fused
+    grid (| weight of A, for a head that composes the sources).
 
     Fused and source luma are scored as 8-bit images, as published numbers are (METRICS.md).
     """
@@ -239,7 +240,8 @@ def validate(
         for index in range(len(val_set)):
             item = val_set[index]
             a, b = item["a"][None].to(device), item["b"][None].to(device)
-            fused = net(a, b)[0, 0].float().cpu().numpy()
+            fused_t, maps = net.forward_with_maps(a, b)
+            fused = fused_t[0, 0].float().cpu().numpy()
             a_np, b_np = item["a"][0].numpy(), item["b"][0].numpy()
             scores = fusion_metrics.evaluate_images(fused, a_np, b_np, names)
             scores["val_score"] = sum(scores[m] / s for m, s in VAL_SCORE_SCALES.items()) / len(
@@ -247,7 +249,10 @@ def validate(
             for key, value in scores.items():
                 totals[key] = totals.get(key, 0.0) + (0.0 if math.isnan(value) else value)
             if index < cfg.grid_pairs:
-                rows.append(np.concatenate([a_np, b_np, np.clip(fused, 0, 1)], axis=1))
+                shown = [a_np, b_np, np.clip(fused, 0, 1)]
+                if maps is not None:
+                    shown.append(maps[0, 0].float().cpu().numpy())
+                rows.append(np.concatenate(shown, axis=1))
     net.train(was_training)
     means = {k: float(v) / max(1, len(val_set)) for k, v in totals.items()}
     return means, _stack_rows(rows)

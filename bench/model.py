@@ -1,21 +1,22 @@
-"""Model figures per shipped config: parameters, FLOPs, inference latency and training-step
-throughput on CPU, before and after issue F's speed work, in one run.
+"""Model figures per shipped config and output head: parameters, FLOPs, inference latency and
+training-step throughput on CPU, in one run.
 
-    python bench/model.py [--configs YAML ...] [--sizes 256 512] [--batch 4 --patch 128]
-                          [--steps 3] [--repeats 3]
+    python bench/model.py [--configs YAML ...] [--heads pixels weights pyramid pyramid-levels]
+                          [--sizes 256 512] [--batch 8 --patch 64] [--steps 5] [--repeats 3]
 
 Configs default to every TrainConfig under configs/ and configs/paper/; configs with the same
-model section share a row. Each (model, variant) is measured in a fresh process, because the
-allocator reads its settings when a process starts:
+body (the model section without its head) share a group of rows, one row per head:
 
-- before: autograd's backward for the global frequency filter (`global_filter_ref`) and no
-  allocator variables in the environment (as Ray workers ran before issue F);
-- after: the hand-written filter backward (`global_filter`) and `adaray.runtime.ALLOCATOR_ENV`,
-  which `adaray.runtime.init_ray` gives every Ray worker.
+- pixels: the paper's head, convs that predict the fused luma;
+- weights: per-pixel weights of the sources (fused = w a + (1 - w) b);
+- pyramid: the weights blend the sources' Laplacian pyramids (`levels` of the config, else 4);
+- pyramid-levels: the pyramid head with one map per level.
 
-Both call `configure_allocator()` (as the training loop does) and run in a helper thread, as
-Ray Train runs its training loop.
-Prints figures only (no assertions); compare the ratios of one run (a shared machine).
+The last column is the step's cost against the pixel head's (issue H: a head may cost at most
+10 % of the step). Each row is measured in a fresh process with `ALLOCATOR_ENV` in its
+environment and `configure_allocator()` called, in a helper thread, as Ray Train runs its loop;
+the training step is AdamW on the config's task loss. Prints figures only (no assertions);
+compare the ratios of one run (a shared machine).
 """
 
 from __future__ import annotations
@@ -33,18 +34,25 @@ from typing import Any
 
 import torch
 
-from adaray.config import from_dict, read_yaml
+from adaray.config import from_dict, read_yaml, to_dict
 from adaray.losses import FusionLoss
-from adaray.model import AdaSFFuse, ModelConfig, sfmamba
+from adaray.model import AdaSFFuse, ModelConfig
 from adaray.model.profile import count_flops, count_parameters, measure_latency
 from adaray.runtime import ALLOCATOR_ENV, configure_allocator
 from adaray.train import load_train_config
 
 REPO = Path(__file__).resolve().parent.parent
-VARIANTS = {  # name -> (allocator environment, global frequency filter)
-    "before": ({}, sfmamba.global_filter_ref),
-    "after": (ALLOCATOR_ENV, sfmamba.global_filter),
+HEADS = {  # row name -> ModelConfig fields
+    "pixels": {"head": "pixels", "per_level_maps": False},
+    "weights": {"head": "weights", "per_level_maps": False},
+    "pyramid": {"head": "pyramid", "per_level_maps": False},
+    "pyramid-levels": {"head": "pyramid", "per_level_maps": True},
 }
+
+
+def with_head(cfg: ModelConfig, head: str) -> ModelConfig:
+    """`cfg` with the output head `head` (a key of HEADS)."""
+    return from_dict(ModelConfig, {**to_dict(cfg), **HEADS[head]})
 
 
 def train_step_seconds(model: AdaSFFuse, loss_fn: FusionLoss, batch: int, patch: int,
@@ -65,16 +73,16 @@ def train_step_seconds(model: AdaSFFuse, loss_fn: FusionLoss, batch: int, patch:
     return sorted(times)[len(times) // 2]
 
 
-def measure(config: str, variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    """One variant's latencies and training step for `config`, measured in a helper thread."""
+def measure(config: str, head: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Latencies and the training step of `config`'s model with `head`, in a helper thread."""
     configure_allocator()
-    sfmamba.global_filter = VARIANTS[variant][1]
     cfg = load_train_config(config)
+    model_cfg = with_head(cfg.model, head)
     figures: dict[str, Any] = {}
 
     def run() -> None:
         torch.manual_seed(0)
-        model = AdaSFFuse(cfg.model)
+        model = AdaSFFuse(model_cfg)
         for size in args.sizes:
             figures[f"latency_{size}"] = measure_latency(model, size, size, repeats=args.repeats)
         figures["step"] = train_step_seconds(model, FusionLoss(cfg.loss.resolved(cfg.task)),
@@ -86,63 +94,65 @@ def measure(config: str, variant: str, args: argparse.Namespace) -> dict[str, An
     return figures
 
 
-def shipped_models(paths: list[Path]) -> list[tuple[ModelConfig, list[Path]]]:
-    """The distinct model sections of the given TrainConfig files, each with its files."""
-    models: dict[str, tuple[ModelConfig, list[Path]]] = {}
+def shipped_bodies(paths: list[Path]) -> list[tuple[ModelConfig, list[Path]]]:
+    """The distinct model bodies (head fields ignored) of the given TrainConfig files."""
+    bodies: dict[str, tuple[ModelConfig, list[Path]]] = {}
     for path in paths:
-        cfg = from_dict(ModelConfig, (read_yaml(path) or {}).get("model") or {})
-        models.setdefault(json.dumps(vars(cfg), sort_keys=True), (cfg, []))[1].append(path)
-    return list(models.values())
+        cfg = with_head(from_dict(ModelConfig, (read_yaml(path) or {}).get("model") or {}),
+                        "pixels")
+        bodies.setdefault(json.dumps(to_dict(cfg), sort_keys=True), (cfg, []))[1].append(path)
+    return list(bodies.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", help="TrainConfig YAMLs (default: shipped)")
+    parser.add_argument("--heads", nargs="+", choices=list(HEADS), default=list(HEADS))
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--patch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps (median)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--patch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps (median)")
     parser.add_argument("--repeats", type=int, default=3, help="timed inference passes (median)")
     parser.add_argument("--measure", metavar="YAML", help=argparse.SUPPRESS)
-    parser.add_argument("--variant", choices=list(VARIANTS), help=argparse.SUPPRESS)
+    parser.add_argument("--head", choices=list(HEADS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:  # a child process: print one JSON line
-        print(json.dumps(measure(args.measure, args.variant, args)))
+        print(json.dumps(measure(args.measure, args.head, args)))
         return
 
     paths = [Path(p).resolve() for p in args.configs] if args.configs else sorted(
         [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "paper").glob("*.yaml")])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"{os.cpu_count()} CPUs; training step: {args.batch} x {args.patch}x{args.patch}, "
-          "AdamW, the config's task loss; before/after as in this script's docstring\n")
+          "AdamW, the config's task loss\n")
     sizes = args.sizes
-    header = ["configs", "params", *[f"GFLOP {s}" for s in sizes],
-              *[f"latency {s} s before / after" for s in sizes],
-              "step s before / after", "samples/s before / after", "step speed-up"]
+    header = ["configs", "head", "params", *[f"GFLOP {s}" for s in sizes],
+              *[f"latency {s} s" for s in sizes], "step s", "samples/s", "step vs pixels"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     child = [str(Path(__file__).resolve()), "--sizes", *map(str, sizes), "--batch",
              str(args.batch), "--patch", str(args.patch), "--steps", str(args.steps),
              "--repeats", str(args.repeats)]
-    for cfg, files in shipped_models(paths):
-        figures = {}
-        for variant, (env, _) in VARIANTS.items():
-            clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    environment = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
+                   **ALLOCATOR_ENV}
+    for body, files in shipped_bodies(paths):
+        names = ", ".join(f.relative_to(REPO).as_posix() if f.is_relative_to(REPO) else f.name
+                          for f in files)
+        pixels_step = None
+        for head in args.heads:
             out = subprocess.run([sys.executable, *child, "--measure", str(files[0]),
-                                  "--variant", variant], env={**clean, **env}, check=True,
+                                  "--head", head], env=environment, check=True,
                                  capture_output=True, text=True).stdout
-            figures[variant] = json.loads(out.strip().splitlines()[-1])
-        before, after = figures["before"], figures["after"]
-        names = [f.relative_to(REPO).as_posix() if f.is_relative_to(REPO) else f.name
-                 for f in files]
-        row = [", ".join(names), f"{count_parameters(AdaSFFuse(cfg)):,}",
-               *[f"{count_flops(cfg, s, s) / 1e9:,.1f}" for s in sizes],
-               *[f"{before[f'latency_{s}']:.2f} / {after[f'latency_{s}']:.2f}" for s in sizes],
-               f"{before['step']:.2f} / {after['step']:.2f}",
-               f"{args.batch / before['step']:.2f} / {args.batch / after['step']:.2f}",
-               f"{before['step'] / after['step']:.2f}x"]
-        print("| " + " | ".join(row) + " |", flush=True)
+            figures = json.loads(out.strip().splitlines()[-1])
+            cfg = with_head(body, head)
+            pixels_step = figures["step"] if head == "pixels" else pixels_step
+            versus = "-" if pixels_step is None else f"{figures['step'] / pixels_step - 1:+.1%}"
+            row = [names, head, f"{count_parameters(AdaSFFuse(cfg)):,}",
+                   *[f"{count_flops(cfg, s, s) / 1e9:,.1f}" for s in sizes],
+                   *[f"{figures[f'latency_{s}']:.2f}" for s in sizes],
+                   f"{figures['step']:.3f}", f"{args.batch / figures['step']:.2f}", versus]
+            print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

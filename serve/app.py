@@ -92,7 +92,8 @@ class FusionModels:
     async def _load(self, task: str) -> tuple[Any, dict[str, Any]]:
         source = self.config.model_source(task)
         model, info = await asyncio.to_thread(load_task_model, source,
-                                              self.config.tracking_uri())
+                                              self.config.tracking_uri(),
+                                              self.config.fallback_source(task))
         if torch.cuda.is_available():  # a replica given a GPU (ray_actor_options.num_gpus)
             model = model.cuda()
         self.loaded[task] = info
@@ -158,7 +159,8 @@ class FusionAPI:
 
     @api.get("/models")
     async def models_info(self) -> dict[str, Any]:
-        """Per task: model source, registered version and score, loaded in a replica or not."""
+        """Per task: the model source served, registered version and score, loaded in a replica
+        or not; `instead_of` names the champion alias a shipped model stands in for."""
         from adaray.tracking import ModelRegistry
 
         loaded = await self.models.loaded_models.remote()
@@ -168,14 +170,20 @@ class FusionAPI:
             source = self.config.model_source(task)
             entry: dict[str, Any] = {"source": source, "loaded": task in loaded}
             if task in loaded:
-                entry.update(version=loaded[task]["version"], score=loaded[task]["score"])
+                entry.update({k: loaded[task][k] for k in ("source", "version", "score",
+                                                           "instead_of") if k in loaded[task]})
             elif source.startswith("models:/") and "@" in source:
                 name, _, alias = source.removeprefix("models:/").partition("@")
                 try:
                     registry = registry or ModelRegistry(self.config.tracking_uri())
                     version = registry.alias_version(name, alias)
-                    entry.update(alias=alias, version=version and version.version,
-                                 score=version and version.score)
+                    fallback = self.config.fallback_source(task)
+                    if version is None and fallback is not None:
+                        entry.update(source=fallback, instead_of=source, version=None,
+                                     score=None)
+                    else:
+                        entry.update(alias=alias, version=version and version.version,
+                                     score=version and version.score)
                 except Exception as exc:  # the registry being down is an answer, not a 500
                     entry["error"] = f"registry unavailable: {exc}"
             answer[task] = entry

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import SAMPLES
 
 from adaray.cli import main
@@ -101,6 +102,38 @@ def test_fuse_with_a_trained_model_file_matches_the_library(tmp_path):
     assert main(["fuse", str(a), str(b), "-o", str(out), "--model", str(path)]) == 0
     expected = np.rint(np.clip(fuse_arrays(model, read_image(a), read_image(b)), 0, 1) * 255)
     assert np.array_equal(np.rint(read_image(out) * 255), expected)
+
+
+@pytest.mark.parametrize("task", ["ivf", "mef", "mff", "mif"])
+def test_fuse_without_a_model_uses_the_shipped_one_and_saves_its_weights(task, tmp_path,
+                                                                         capsys):
+    from adaray.checkpoint import SHIPPED_MODELS, load_model
+    from adaray.data import discover_pairs
+    from adaray.fusion import fuse_with_weights
+
+    pair = discover_pairs(SAMPLES, task)[0]
+    out = tmp_path / "fused.png"
+    assert main(["fuse", str(pair.a_path), str(pair.b_path), "-o", str(out), "--task", task,
+                 "--save-weights"]) == 0
+    shipped = SHIPPED_MODELS / f"{task}.pt"
+    assert f"fusing with the shipped {task} model {shipped}" in capsys.readouterr().err
+    payload = torch.load(shipped, weights_only=True)  # plain tensors and config: no pickle code
+    assert payload["meta"]["task"] == task and payload["model_config"]["head"] != "pixels"
+    assert f"# {task}: " in shipped.with_suffix(".md").read_text()  # its model card
+    fused, weights = fuse_with_weights(load_model(shipped), read_image(pair.a_path),
+                                       read_image(pair.b_path))
+    assert np.abs(read_image(out) - fused).max() <= 0.5 / 255 + 1e-6
+    saved = read_image(tmp_path / "fused_weights.png")
+    assert saved.shape == weights.shape == fused.shape[:2]
+    assert np.abs(saved - weights).max() <= 0.5 / 255 + 1e-6
+
+
+def test_save_weights_of_a_pixel_head_is_refused(small_config, tmp_path):
+    a = SAMPLES / "MIF" / "CT" / "2004.png"
+    b = SAMPLES / "MIF" / "MRI" / "2004.png"
+    with pytest.raises(SystemExit, match="--save-weights: this model's head predicts pixels"):
+        main(["fuse", str(a), str(b), "-o", str(tmp_path / "f.png"), "--config", small_config,
+              "--save-weights"])
 
 
 def test_fuse_with_a_missing_model_names_it(tmp_path, capsys):

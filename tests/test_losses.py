@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from conftest import SAMPLES
 
 from adaray.config import ConfigError, from_dict
-from adaray.losses import FusionLoss, LossConfig, sobel_magnitude, ssim
+from adaray.losses import (
+    FusionLoss,
+    LossConfig,
+    focus_target,
+    sobel_magnitude,
+    ssim,
+    vif,
+)
 from adaray.tasks import TASKS
 
 
@@ -97,3 +107,64 @@ def test_unresolved_or_negative_config_is_rejected():
         from_dict(LossConfig, {"intensity_target": "median"})
     with pytest.raises(KeyError, match="unknown task"):
         LossConfig.for_task("xyz")
+
+
+def _texture_and_its_blur(size: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sharp random texture and a strongly blurred copy of it."""
+    torch.manual_seed(1)
+    sharp = torch.rand(1, 1, size, size)
+    kernel = torch.ones(1, 1, 9, 9) / 81
+    blurred = F.conv2d(F.pad(sharp, (4, 4, 4, 4), mode="replicate"), kernel)
+    return sharp, blurred
+
+
+def test_focus_target_takes_the_sharper_source_where_it_is_sharper():
+    sharp, blurred = _texture_and_its_blur()
+    # Left half: A sharp, B blurred; right half: the other way round.
+    a = torch.cat([sharp[..., :24], blurred[..., 24:]], dim=-1)
+    b = torch.cat([blurred[..., :24], sharp[..., 24:]], dim=-1)
+    target = focus_target(a, b, window=7)
+    inner = (slice(None), slice(None), slice(4, -4))
+    torch.testing.assert_close(target[..., :20][inner], sharp[..., :20][inner])
+    torch.testing.assert_close(target[..., 28:][inner], sharp[..., 28:][inner])
+    cfg = LossConfig.for_task("mff")
+    cfg.intensity_target = "focus"
+    _, terms = FusionLoss(cfg)(target, a, b)
+    assert terms["int"].item() == 0.0
+
+
+def test_differentiable_vif_matches_the_metric_and_has_gradients():
+    from adaray.data import discover_pairs, read_pair
+    from adaray.data.color import split_luma
+    from adaray.metrics import METRICS
+
+    pair = discover_pairs(SAMPLES, "ivf")[0]
+    a_img, b_img = read_pair(pair)
+    a, b = (np.rint(split_luma(x)[0] * 255) for x in (a_img, b_img))
+    for fused in ((a + b) / 2, np.maximum(a, b), a):
+        fused = np.rint(fused)
+        expected = METRICS["VIF"](fused, a, b)
+        tensors = [torch.from_numpy(x / 255).float()[None, None] for x in (fused, a, b)]
+        tensors[0].requires_grad_(True)
+        got = vif(*tensors)
+        assert got.item() == pytest.approx(expected, abs=1e-4)
+        got.sum().backward()
+        assert torch.isfinite(tensors[0].grad).all() and tensors[0].grad.abs().sum() > 0
+
+
+def test_vif_term_is_added_only_when_weighted(pair):
+    a, b = pair
+    cfg = LossConfig.for_task("ivf")
+    plain, terms = FusionLoss(cfg)(a, a, b)
+    assert "vif" not in terms
+    cfg.w_vif = 4.0
+    weighted, terms = FusionLoss(cfg)(a, a, b)
+    expected = plain.item() + 4 * (1 - terms["vif"].item() / 2)
+    assert weighted.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_new_loss_fields_are_validated():
+    with pytest.raises(ConfigError, match="focus_window: must be an odd number"):
+        from_dict(LossConfig, {"focus_window": 8})
+    with pytest.raises(ConfigError, match="w_vif: must be >= 0"):
+        from_dict(LossConfig, {"w_vif": -0.5})

@@ -1,16 +1,23 @@
-"""AdaSFFuse network: shapes, gradients, wavelet inverse, determinism, config round-trip."""
+"""AdaSFFuse network: shapes, gradients, wavelet inverse, determinism, config round-trip, and
+the output heads (pixels, weights, pyramid) with the pyramid against OpenCV."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
-from adaray.config import ConfigError, dump_yaml, from_dict, load_yaml
+from adaray.checkpoint import load_model
+from adaray.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.model.profile import count_flops, count_parameters
+from adaray.model.pyramid import blend_pyramids, blend_pyramids_ref
 from adaray.model.sfmamba import global_filter, global_filter_ref
 from adaray.model.wavelet import AdaIWAT, AdaWAT
 
+DATA = Path(__file__).resolve().parent / "data"
 SMALL = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8, chunk_size=16)
 
 
@@ -152,3 +159,121 @@ def test_global_filter_backward_matches_autograd(length):
                             torch.autograd.grad(reference, (x, weight), grad), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12)
     assert torch.autograd.gradcheck(global_filter, (x, weight))
+
+
+# ----------------------------------------------------------------------------- output heads
+
+COMPOSING = [("weights", False), ("pyramid", False), ("pyramid", True)]
+
+
+def _model(head: str, per_level: bool = False, seed: int = 0, **extra: int) -> AdaSFFuse:
+    torch.manual_seed(seed)
+    cfg = from_dict(ModelConfig, {**to_dict(SMALL), "head": head, "per_level_maps": per_level,
+                                  **extra})
+    return AdaSFFuse(cfg)
+
+
+def _randomise_head(model: AdaSFFuse) -> None:
+    """Give the zero-initialised last conv random weights, so the maps vary per pixel."""
+    with torch.no_grad():
+        model.unembed[-1].weight.normal_(0, 0.5)
+
+
+@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
+@pytest.mark.parametrize("size", [(2, 2), (7, 5), (17, 32), (33, 21), (64, 64)])
+def test_composing_heads_give_input_size_and_weights_in_0_1(head, per_level, size):
+    model = _model(head, per_level)
+    _randomise_head(model)
+    a, b = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
+    with torch.no_grad():
+        fused, maps = model.eval().forward_with_maps(a, b)
+    assert fused.shape == (2, 1, *size) and torch.isfinite(fused).all()
+    assert maps.shape == (2, SMALL.levels + 1 if per_level else 1, *size)
+    assert maps.min() >= 0 and maps.max() <= 1 and maps.std() > 0
+    assert fused.min() >= 0 and fused.max() <= 1
+
+
+@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
+def test_composing_heads_start_at_the_average(head, per_level):
+    model = _model(head, per_level).eval()
+    a, b = torch.rand(1, 1, 40, 36), torch.rand(1, 1, 40, 36)
+    with torch.no_grad():
+        fused, maps = model.forward_with_maps(a, b)
+    assert torch.equal(maps, torch.full_like(maps, 0.5))
+    torch.testing.assert_close(fused, (a + b) / 2, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
+def test_swapping_the_sources_swaps_the_weights_and_keeps_the_result(head, per_level):
+    model = _model(head, per_level)
+    _randomise_head(model)
+    a, b = torch.rand(1, 1, 24, 30), torch.rand(1, 1, 24, 30)
+    with torch.no_grad():
+        fused, maps = model.eval().forward_with_maps(a, b)
+        fused_swapped, maps_swapped = model.forward_with_maps(b, a)
+    torch.testing.assert_close(maps_swapped, 1 - maps, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fused_swapped, fused, atol=1e-6, rtol=0)
+
+
+def test_weights_head_is_the_per_pixel_blend_of_its_map():
+    model = _model("weights")
+    _randomise_head(model)
+    a, b = torch.rand(1, 1, 19, 27), torch.rand(1, 1, 19, 27)
+    with torch.no_grad():
+        fused, maps = model.train().forward_with_maps(a, b)
+    torch.testing.assert_close(fused, maps * a + (1 - maps) * b)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (9, 12)])
+@pytest.mark.parametrize("weight", [0.0, 0.3, 1.0])
+def test_pyramid_blend_with_a_constant_weight_is_the_classical_blend(size, weight):
+    a, b = torch.rand(1, 1, *size), torch.rand(1, 1, *size)
+    for maps in (torch.full((1, 1, *size), weight), torch.full((1, 5, *size), weight)):
+        blended = blend_pyramids(a, b, maps, levels=4)
+        torch.testing.assert_close(blended, weight * a + (1 - weight) * b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("maps_count", [1, 5])
+@pytest.mark.parametrize("size", [(64, 64), (37, 50), (5, 7)])
+def test_pyramid_blend_equals_the_opencv_reference(size, maps_count):
+    generator = np.random.default_rng(3)
+    a, b = generator.random(size), generator.random(size)
+    maps = generator.random((maps_count, *size))
+    expected = blend_pyramids_ref(a, b, maps, levels=4)
+    got = blend_pyramids(*(torch.from_numpy(x)[None, None] for x in (a, b)),
+                         torch.from_numpy(maps)[None], levels=4)
+    np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
+def test_composing_heads_train_the_whole_network(head, per_level):
+    # The last conv starts at zero (w = 0.5), so the body's gradients flow from the 2nd step.
+    model = _model(head, per_level).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    a, b = torch.rand(2, 1, 15, 18), torch.rand(2, 1, 15, 18)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (model(a, b) - torch.maximum(a, b)).square().mean().backward()
+        optimizer.step()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert missing == []
+
+
+def test_a_pixels_model_file_from_before_the_heads_loads_and_fuses_the_same():
+    # tests/data/pixels_tiny_v1.pt was written by adaray before `model.head` existed (commit
+    # 93fd9bc); its config has no head field. The io file holds the inputs and its output then.
+    model = load_model(DATA / "pixels_tiny_v1.pt")
+    assert model.config.head == "pixels"
+    recorded = torch.load(DATA / "pixels_tiny_v1_io.pt", weights_only=True)
+    with torch.no_grad():
+        fused = model(recorded["a"], recorded["b"])
+    torch.testing.assert_close(fused, recorded["fused"], atol=1e-6, rtol=0)
+
+
+def test_head_fields_are_validated():
+    with pytest.raises(ConfigError, match="head: 'mask' is not one of"):
+        from_dict(ModelConfig, {"head": "mask"})
+    with pytest.raises(ConfigError, match="levels: must be >= 1"):
+        ModelConfig(head="pyramid", levels=0)
+    with pytest.raises(ConfigError, match="per_level_maps: only the pyramid head"):
+        ModelConfig(head="weights", per_level_maps=True)

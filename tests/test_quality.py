@@ -55,10 +55,19 @@ def test_benchmark_quality_trains_evaluates_and_writes_the_page(ray_cluster, tmp
         [ADARAY, "benchmark-quality", "--tasks", "mif", "mff", "--data", str(SAMPLES),
          "--config-dir", str(configs), "--model", f"mff={given}", "--max-steps", "6",
          "--set", "val_every=3", "--set", "ckpt_every=3", "--out", str(page),
-         "--workdir", str(workdir)],
+         "--workdir", str(workdir), "--ship", str(tmp_path / "shipped")],
         capture_output=True, text=True, env=env, timeout=540, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     text = page.read_text()
+    # --ship: the trained task's model (not the given one) as a weights_only file with a card.
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["mif.md", "mif.pt"]
+    payload = torch.load(tmp_path / "shipped" / "mif.pt", weights_only=True)
+    assert payload["meta"]["task"] == "mif" and payload["meta"]["steps"] == 6
+    card = (tmp_path / "shipped" / "mif.md").read_text()
+    assert "Config `mif.yaml`: 6 steps" in card and "(MIF, MIF-PET)" in card  # data groups
+    assert payload["meta"]["val"]["Qabf"] == pytest.approx(
+        json.loads(page.with_suffix(".json").read_text())[1]["means"]["adaray"]["Qabf"],
+        abs=1e-4)
     assert "| mif | " in text and "| mff | " in text
     assert "Trained from `mif.yaml` for 6 steps" in text
     assert f"Model: `{given}` (given)." in text

@@ -2,8 +2,10 @@
 
 One module fixture deploys serve/app.py twice: the main app (route /) serving all four tasks
 from models made here (ivf from the MLflow registry alias `champion` in an embedded store,
-mef and mff from model files, mif from a checkpoint folder), and an app at /nochampion whose
-task has no champion yet (the 503 case). Tests call it with `requests`, as users do.
+mef and mff from model files, mif from a checkpoint folder), an app at /nochampion configured
+to serve a champion alias that has no version (the 503 case), and an app at /shipped whose task
+has no champion yet, which serves the shipped models/mif.pt instead. Tests call them with
+`requests`, as users do.
 """
 
 from __future__ import annotations
@@ -102,8 +104,11 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             serve.run(build_application(args, small), name="adaray", route_prefix="/")
-            serve.run(build_application({"tasks": ["mif"], "workdir": str(workdir)}, small),
+            serve.run(build_application({"tasks": ["mif"], "workdir": str(workdir), "models": {
+                "mif": "models:/adasffuse-mif@champion"}}, small),
                       name="nochampion", route_prefix="/nochampion")
+            serve.run(build_application({"tasks": ["mif"], "workdir": str(workdir)}, small),
+                      name="shipped", route_prefix="/shipped")
             yield Served(f"http://127.0.0.1:{port}", sources, workdir)
         finally:
             serve.shutdown()
@@ -169,6 +174,30 @@ def test_models_and_health_endpoints(served):
     assert models["ivf"]["score"] == 0.5
     docs = requests.get(f"{served.url}/openapi.json", timeout=30).json()
     assert {"/fuse", "/healthz", "/models"} <= set(docs["paths"])
+
+
+@SERVE_TIMEOUT
+def test_a_task_without_champion_serves_its_shipped_model(served):
+    from adaray.checkpoint import SHIPPED_MODELS, load_model
+
+    shipped = SHIPPED_MODELS / "mif.pt"
+    before = requests.get(f"{served.url}/shipped/models", timeout=30).json()["models"]["mif"]
+    assert before == {"source": str(shipped), "loaded": False, "version": None, "score": None,
+                      "instead_of": "models:/adasffuse-mif@champion"}
+    a, b = _sample_pair("mif")
+    response = requests.post(f"{served.url}/shipped/fuse", params={"task": "mif"},
+                             files={"a": ("a.png", a.read_bytes()),
+                                    "b": ("b.png", b.read_bytes())}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-adaray-model-source"] == str(shipped)
+    fused = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_UNCHANGED)
+    local = np.rint(fuse_arrays(load_model(shipped), read_image(a), read_image(b)) * 255)
+    remote = fused[:, :, ::-1] if fused.ndim == 3 else fused  # OpenCV decodes BGR
+    assert remote.shape == local.shape
+    assert np.abs(remote.astype(np.int16) - local.astype(np.int16)).max() <= 1
+    after = requests.get(f"{served.url}/shipped/models", timeout=30).json()["models"]["mif"]
+    assert after["loaded"] and after["source"] == str(shipped)
+    assert after["instead_of"] == "models:/adasffuse-mif@champion"
 
 
 # ----------------------------------------------------------------------------- bad requests

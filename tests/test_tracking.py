@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import mlflow
@@ -105,7 +106,7 @@ def test_embedded_round_trip(embedded: str, workdir: Path, tmp_path: Path,
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "ivf-1"
     assert run.data.tags["task"] == "ivf"
-    assert len(run.data.params) == len(flatten(params)) == 11 + 4
+    assert len(run.data.params) == len(flatten(params)) == len(fields(ModelConfig)) + 4
     assert run.data.params["model.channels"] == "8"
     assert run.data.params["train.crop"] == "[64, 64]"
     assert len(run.data.params["note"]) == 6000

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from adaray.config import ConfigError
+
+Head = Literal["pixels", "weights", "pyramid"]
+HEADS: tuple[str, ...] = get_args(Head)
 
 
 @dataclass
@@ -22,6 +26,12 @@ class ModelConfig:
     chunk_size: int = 64  # SSD chunk length (a speed knob, not a math one)
     mlp_ratio: int = 2  # gated MLP hidden width = mlp_ratio * width
     dropout: float = 0.0
+    # Output head: "pixels" predicts the fused luma (the paper's); "weights" a per-pixel weight
+    # w of source A (fused = w a + (1 - w) b); "pyramid" blends the sources' Laplacian
+    # pyramids with the Gaussian pyramid of w (`levels` band-pass levels).
+    head: Head = "pixels"
+    levels: int = 4  # pyramid head: band-pass levels (fewer where an image is too small)
+    per_level_maps: bool = False  # pyramid head: one weight map per level (and the base)
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -35,6 +45,13 @@ class ModelConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
+        if self.head not in HEADS:
+            raise ConfigError(f"head: unknown head {self.head!r} (known: {', '.join(HEADS)})")
+        if self.levels < 1:
+            raise ConfigError(f"levels: must be >= 1, got {self.levels}")
+        if self.per_level_maps and self.head != "pyramid":
+            raise ConfigError(f"per_level_maps: only the pyramid head has levels (head is "
+                              f"{self.head!r})")
         for width in (self.channels, 3 * self.channels):
             d_inner = self.expand * width
             if d_inner % self.headdim:
