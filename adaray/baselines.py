@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaray.model.pyramid import pyramid_levels
+
 BASELINE_PREFIX = "baseline:"
 LumaFuser = Callable[[np.ndarray, np.ndarray], np.ndarray]  # two (H, W) planes -> one
 
@@ -98,7 +100,7 @@ def fuse_laplacian(
 
     Fewer levels are used when the image is too small for `levels` halvings.
     """
-    levels = max(0, min(levels, int(np.log2(min(a.shape))) - 1))
+    levels = pyramid_levels(a.shape[0], a.shape[1], levels)
     pa = _laplacian_pyramid(a.astype(np.float32), levels)
     pb = _laplacian_pyramid(b.astype(np.float32), levels)
     out = base(pa[-1], pb[-1])

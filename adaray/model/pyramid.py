@@ -57,7 +57,7 @@ def pyr_up(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def pyramid_levels(height: int, width: int, levels: int) -> int:
     """The levels a (height, width) image allows: at most `levels`, and the coarsest level
-    keeps at least 4 pixels a side (as `adaray.baselines.fuse_laplacian`)."""
+    keeps at least 4 pixels a side (the pyramid head and `adaray.baselines.fuse_laplacian`)."""
     return max(0, min(levels, int(math.log2(min(height, width))) - 1))
 
 
