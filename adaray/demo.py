@@ -30,7 +30,7 @@ from adaray.runtime import init_ray
 from adaray.tasks import get_task
 
 TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
-RECIPE_HEAD_FIELDS = ("head", "levels", "per_level_maps")  # taken from the task's recipe
+RECIPE_HEAD_FIELDS = ("head", "levels", "per_level_maps", "detail")  # taken from the task's recipe
 
 
 @dataclass

@@ -51,6 +51,7 @@ DATASETS = {
 }
 MODEL_LABEL = "adaray"
 SSIM_TOLERANCE = 0.05  # the model's SSIM may be this fraction below the plain average's
+DETAIL_LARGER = ", band-pass levels by the larger coefficient, the map weighting the base"
 
 
 @dataclass
@@ -115,7 +116,8 @@ def ship_model(result: TaskQuality, checkpoint: str | Path, folder: Path,
         "config; `torch.load(weights_only=True)` loads it, `adaray.checkpoint.load_model` "
         f"rebuilds the network). {count_parameters(model):,} parameters: C = {cfg.channels}, "
         f"{cfg.n_hi} + {cfg.n_lo} + {cfg.n_fuse} SF-Mamba blocks, the `{cfg.head}` head"
-        + (f" ({cfg.levels} levels{', one map per level' if cfg.per_level_maps else ''})"
+        + (f" ({cfg.levels} levels{', one map per level' if cfg.per_level_maps else ''}"
+           f"{DETAIL_LARGER if cfg.detail == 'larger' else ''})"
            if cfg.head == "pyramid" else "") + ".", "",
         "## Use", "",
         f"`adaray fuse --task {result.task} A B -o fused.png` (the default model of the task), "

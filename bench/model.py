@@ -1,7 +1,8 @@
 """Model figures per shipped config and output head: parameters, FLOPs, inference latency and
 training-step throughput on CPU, in one run.
 
-    python bench/model.py [--configs YAML ...] [--heads pixels weights pyramid pyramid-levels]
+    python bench/model.py [--configs YAML ...]
+                          [--heads pixels weights pyramid pyramid-levels pyramid-larger]
                           [--sizes 256 512] [--batch 8 --patch 64] [--steps 5] [--repeats 3]
 
 Configs default to every TrainConfig under configs/ and configs/paper/; configs with the same
@@ -10,7 +11,9 @@ body (the model section without its head) share a group of rows, one row per hea
 - pixels: the paper's head, convs that predict the fused luma;
 - weights: per-pixel weights of the sources (fused = w a + (1 - w) b);
 - pyramid: the weights blend the sources' Laplacian pyramids (`levels` of the config, else 4);
-- pyramid-levels: the pyramid head with one map per level.
+- pyramid-levels: the pyramid head with one map per level;
+- pyramid-larger: the pyramid head with band-pass detail by the larger coefficient, the map
+  weighting the base (`detail: larger`).
 
 The last column is the step's cost against the pixel head's (issue H: a head may cost at most
 10 % of the step). Each row is measured in a fresh process with `ALLOCATOR_ENV` in its
@@ -43,10 +46,11 @@ from adaray.train import load_train_config
 
 REPO = Path(__file__).resolve().parent.parent
 HEADS = {  # row name -> ModelConfig fields
-    "pixels": {"head": "pixels", "per_level_maps": False},
-    "weights": {"head": "weights", "per_level_maps": False},
-    "pyramid": {"head": "pyramid", "per_level_maps": False},
-    "pyramid-levels": {"head": "pyramid", "per_level_maps": True},
+    "pixels": {"head": "pixels", "per_level_maps": False, "detail": "map"},
+    "weights": {"head": "weights", "per_level_maps": False, "detail": "map"},
+    "pyramid": {"head": "pyramid", "per_level_maps": False, "detail": "map"},
+    "pyramid-levels": {"head": "pyramid", "per_level_maps": True, "detail": "map"},
+    "pyramid-larger": {"head": "pyramid", "per_level_maps": False, "detail": "larger"},
 }
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from adaray.baselines import fuse_laplacian
 from adaray.checkpoint import load_model
 from adaray.config import ConfigError, dump_yaml, from_dict, load_yaml, to_dict
 from adaray.model import AdaSFFuse, ModelConfig
@@ -163,12 +164,15 @@ def test_global_filter_backward_matches_autograd(length):
 
 # ----------------------------------------------------------------------------- output heads
 
-COMPOSING = [("weights", False), ("pyramid", False), ("pyramid", True)]
+COMPOSING = [("weights", False, "map"), ("pyramid", False, "map"), ("pyramid", True, "map"),
+             ("pyramid", False, "larger")]
 
 
-def _model(head: str, per_level: bool = False, seed: int = 0, **extra: int) -> AdaSFFuse:
+def _model(head: str, per_level: bool = False, detail: str = "map", seed: int = 0,
+           **extra: int) -> AdaSFFuse:
     torch.manual_seed(seed)
     cfg = from_dict(ModelConfig, {**to_dict(SMALL), "head": head, "per_level_maps": per_level,
+                                  "detail": detail,
                                   **extra})
     return AdaSFFuse(cfg)
 
@@ -179,10 +183,10 @@ def _randomise_head(model: AdaSFFuse) -> None:
         model.unembed[-1].weight.normal_(0, 0.5)
 
 
-@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
+@pytest.mark.parametrize(("head", "per_level", "detail"), COMPOSING)
 @pytest.mark.parametrize("size", [(2, 2), (7, 5), (17, 32), (33, 21), (64, 64)])
-def test_composing_heads_give_input_size_and_weights_in_0_1(head, per_level, size):
-    model = _model(head, per_level)
+def test_composing_heads_give_input_size_and_weights_in_0_1(head, per_level, detail, size):
+    model = _model(head, per_level, detail)
     _randomise_head(model)
     a, b = torch.rand(2, 1, *size), torch.rand(2, 1, *size)
     with torch.no_grad():
@@ -193,19 +197,24 @@ def test_composing_heads_give_input_size_and_weights_in_0_1(head, per_level, siz
     assert fused.min() >= 0 and fused.max() <= 1
 
 
-@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
-def test_composing_heads_start_at_the_average(head, per_level):
-    model = _model(head, per_level).eval()
+@pytest.mark.parametrize(("head", "per_level", "detail"), COMPOSING)
+def test_composing_heads_start_at_the_average_or_the_laplacian_rule(head, per_level, detail):
+    model = _model(head, per_level, detail).eval()
     a, b = torch.rand(1, 1, 40, 36), torch.rand(1, 1, 40, 36)
     with torch.no_grad():
         fused, maps = model.forward_with_maps(a, b)
     assert torch.equal(maps, torch.full_like(maps, 0.5))
-    torch.testing.assert_close(fused, (a + b) / 2, atol=1e-6, rtol=0)
+    if detail == "larger":  # base averaged, details by larger magnitude: baseline:laplacian
+        expected = torch.from_numpy(fuse_laplacian(a[0, 0].numpy(), b[0, 0].numpy()))
+        expected = expected.clamp(0, 1)[None, None]
+    else:
+        expected = (a + b) / 2
+    torch.testing.assert_close(fused, expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
-def test_swapping_the_sources_swaps_the_weights_and_keeps_the_result(head, per_level):
-    model = _model(head, per_level)
+@pytest.mark.parametrize(("head", "per_level", "detail"), COMPOSING)
+def test_swapping_the_sources_swaps_the_weights_and_keeps_the_result(head, per_level, detail):
+    model = _model(head, per_level, detail)
     _randomise_head(model)
     a, b = torch.rand(1, 1, 24, 30), torch.rand(1, 1, 24, 30)
     with torch.no_grad():
@@ -233,22 +242,22 @@ def test_pyramid_blend_with_a_constant_weight_is_the_classical_blend(size, weigh
         torch.testing.assert_close(blended, weight * a + (1 - weight) * b, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("maps_count", [1, 5])
+@pytest.mark.parametrize(("maps_count", "detail"), [(1, "map"), (5, "map"), (1, "larger")])
 @pytest.mark.parametrize("size", [(64, 64), (37, 50), (5, 7)])
-def test_pyramid_blend_equals_the_opencv_reference(size, maps_count):
+def test_pyramid_blend_equals_the_opencv_reference(size, maps_count, detail):
     generator = np.random.default_rng(3)
     a, b = generator.random(size), generator.random(size)
     maps = generator.random((maps_count, *size))
-    expected = blend_pyramids_ref(a, b, maps, levels=4)
+    expected = blend_pyramids_ref(a, b, maps, levels=4, detail=detail)
     got = blend_pyramids(*(torch.from_numpy(x)[None, None] for x in (a, b)),
-                         torch.from_numpy(maps)[None], levels=4)
+                         torch.from_numpy(maps)[None], levels=4, detail=detail)
     np.testing.assert_allclose(got[0, 0].numpy(), expected, atol=1e-12)
 
 
-@pytest.mark.parametrize(("head", "per_level"), COMPOSING)
-def test_composing_heads_train_the_whole_network(head, per_level):
+@pytest.mark.parametrize(("head", "per_level", "detail"), COMPOSING)
+def test_composing_heads_train_the_whole_network(head, per_level, detail):
     # The last conv starts at zero (w = 0.5), so the body's gradients flow from the 2nd step.
-    model = _model(head, per_level).train()
+    model = _model(head, per_level, detail).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     a, b = torch.rand(2, 1, 15, 18), torch.rand(2, 1, 15, 18)
     for _ in range(2):
@@ -277,3 +286,9 @@ def test_head_fields_are_validated():
         ModelConfig(head="pyramid", levels=0)
     with pytest.raises(ConfigError, match="per_level_maps: only the pyramid head"):
         ModelConfig(head="weights", per_level_maps=True)
+    with pytest.raises(ConfigError, match="detail: 'all' is not one of"):
+        from_dict(ModelConfig, {"head": "pyramid", "detail": "all"})
+    with pytest.raises(ConfigError, match="detail: only the pyramid head"):
+        ModelConfig(head="weights", detail="larger")
+    with pytest.raises(ConfigError, match="per_level_maps: with detail 'larger'"):
+        ModelConfig(head="pyramid", detail="larger", per_level_maps=True)

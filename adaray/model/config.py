@@ -9,6 +9,8 @@ from adaray.config import ConfigError
 
 Head = Literal["pixels", "weights", "pyramid"]
 HEADS: tuple[str, ...] = get_args(Head)
+Detail = Literal["map", "larger"]
+DETAILS: tuple[str, ...] = get_args(Detail)
 
 
 @dataclass
@@ -32,6 +34,10 @@ class ModelConfig:
     head: Head = "pixels"
     levels: int = 4  # pyramid head: band-pass levels (fewer where an image is too small)
     per_level_maps: bool = False  # pyramid head: one weight map per level (and the base)
+    # Pyramid head's band-pass levels: weighted by the map ("map"), or each coefficient taken
+    # from the source whose coefficient is larger in magnitude ("larger", the classical
+    # Laplacian rule), the map then weighting the base only.
+    detail: Detail = "map"
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -52,6 +58,15 @@ class ModelConfig:
         if self.per_level_maps and self.head != "pyramid":
             raise ConfigError(f"per_level_maps: only the pyramid head has levels (head is "
                               f"{self.head!r})")
+        if self.detail not in DETAILS:
+            raise ConfigError(f"detail: unknown rule {self.detail!r} (known: "
+                              f"{', '.join(DETAILS)})")
+        if self.detail != "map" and self.head != "pyramid":
+            raise ConfigError(f"detail: only the pyramid head has band-pass levels (head is "
+                              f"{self.head!r})")
+        if self.detail == "larger" and self.per_level_maps:
+            raise ConfigError("per_level_maps: with detail 'larger' only the base is weighted "
+                              "by a map, so one map per level has nothing to weight")
         for width in (self.channels, 3 * self.channels):
             d_inner = self.expand * width
             if d_inner % self.headdim:

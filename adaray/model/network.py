@@ -10,10 +10,13 @@ paper's. The head is a config choice (`ModelConfig.head`):
   them apart; scoring each source with its own embedding, by one shared head, is what lets w
   prefer one source over the other (and swapping the sources swaps w and 1 - w).
 - `pyramid`: the same maps blend the sources' Laplacian pyramids through their Gaussian
-  pyramids (`adaray.model.pyramid`), one map for all levels or one per level.
+  pyramids (`adaray.model.pyramid`), one map for all levels or one per level. With
+  `detail: larger` the band-pass levels follow the classical rule (the larger coefficient) and
+  the map weights the base only: the network learns how to blend the coarse content.
 
-A composing head starts at w = 0.5 everywhere (the average) and can express any per-pixel
-choice of source, a classical decision map included.
+A composing head starts at w = 0.5 everywhere (the average; with `detail: larger` the
+classical Laplacian pyramid fusion) and can express any per-pixel choice of source, a
+classical decision map included.
 """
 
 from __future__ import annotations
@@ -99,5 +102,5 @@ class AdaSFFuse(nn.Module):
         if self.config.head == "weights":
             out = maps * a + (1 - maps) * b
         else:
-            out = blend_pyramids(a, b, maps, self.config.levels)
+            out = blend_pyramids(a, b, maps, self.config.levels, self.config.detail)
         return (out if self.training else out.clamp(0.0, 1.0)), maps

@@ -4,7 +4,10 @@
 reflected without repeating the edge, BORDER_REFLECT_101), so a Laplacian pyramid here equals
 `adaray.baselines`' classical one. `blend_pyramids` is the Mertens-style blend: the Laplacian
 levels of two images weighted by the Gaussian pyramid of a weight map, then collapsed; with a
-constant weight w it returns w * a + (1 - w) * b (the pyramid reconstructs exactly).
+constant weight w it returns w * a + (1 - w) * b (the pyramid reconstructs exactly). With
+`detail="larger"` each band-pass coefficient is taken from the source whose coefficient is
+larger in magnitude (the classical Laplacian rule) and the map weights the base only; with
+w = 0.5 that is `adaray.baselines.fuse_laplacian`.
 `blend_pyramids_ref` is the plain reference the tests compare against: OpenCV on NumPy planes.
 """
 
@@ -73,12 +76,14 @@ def laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
 
 
 def blend_pyramids(a: torch.Tensor, b: torch.Tensor, maps: torch.Tensor,
-                   levels: int) -> torch.Tensor:
+                   levels: int, detail: str = "map") -> torch.Tensor:
     """Blend the Laplacian pyramids of a and b (N, 1, H, W) with weights in [0, 1].
 
     `maps` is (N, 1, H, W): one map whose Gaussian pyramid weights every level; or
     (N, levels + 1, H, W): map k, taken down k times, weights level k (the last the base).
     `levels` is capped by the image size (`pyramid_levels`); extra maps are then unused.
+    `detail="larger"` weights each band-pass coefficient 1 for the source whose coefficient is
+    larger in magnitude (ties: a) and 0 for the other; one map then weights the base.
     """
     levels = pyramid_levels(a.shape[-2], a.shape[-1], levels)
     per_level = maps.shape[1] > 1
@@ -92,6 +97,10 @@ def blend_pyramids(a: torch.Tensor, b: torch.Tensor, maps: torch.Tensor,
         else:
             current = maps[:, :1] if k == 0 else pyr_down(weights[-1])
         weights.append(current)
+    if detail == "larger":
+        weights[:levels] = [(la.abs() >= lb.abs()).to(a.dtype)
+                            for la, lb in zip(pyramid_a[:levels], pyramid_b[:levels],
+                                              strict=True)]
     out = weights[-1] * pyramid_a[-1] + (1 - weights[-1]) * pyramid_b[-1]
     for k in reversed(range(levels)):
         out = pyr_up(out, pyramid_a[k].shape[-2:])
@@ -100,7 +109,7 @@ def blend_pyramids(a: torch.Tensor, b: torch.Tensor, maps: torch.Tensor,
 
 
 def blend_pyramids_ref(a: np.ndarray, b: np.ndarray, maps: np.ndarray,
-                       levels: int) -> np.ndarray:
+                       levels: int, detail: str = "map") -> np.ndarray:
     """`blend_pyramids` of (H, W) planes and (M, H, W) maps with OpenCV, for the tests."""
     import cv2
 
@@ -117,6 +126,10 @@ def blend_pyramids_ref(a: np.ndarray, b: np.ndarray, maps: np.ndarray,
         else:
             current = maps[0] if k == 0 else cv2.pyrDown(weights[-1])
         weights.append(current)
+    if detail == "larger":
+        weights[:levels] = [(np.abs(la) >= np.abs(lb)).astype(a.dtype)
+                            for la, lb in zip(pyramid_a[:levels], pyramid_b[:levels],
+                                              strict=True)]
     out = weights[-1] * pyramid_a[-1] + (1 - weights[-1]) * pyramid_b[-1]
     for k in reversed(range(levels)):
         out = cv2.pyrUp(out, dstsize=pyramid_a[k].shape[::-1])
