@@ -28,7 +28,6 @@ from ray_cluster import RayTestCluster, latest_checkpoint_step, wait_for
 
 from adaray import tracking
 from adaray.config import ConfigError, to_dict
-from adaray.tasks import get_task
 from adaray.train import load_train_config
 from adaray.tune import (
     DISTRIBUTIONS,
@@ -99,8 +98,8 @@ def write_space(folder: Path, space: dict[str, Any], name: str = "space.yaml") -
 
 @pytest.mark.parametrize("task", ["ivf", "mef", "mff", "mif"])
 def test_shipped_spaces_load_against_their_task_configs(task):
-    base = to_dict(load_train_config(REPO / "configs" / f"{task}.yaml"))
-    space = load_space(REPO / "tune_spaces" / f"{task}.yaml", base)
+    recipe = load_train_config(REPO / "configs" / f"{task}.yaml")
+    space = load_space(REPO / "tune_spaces" / f"{task}.yaml", to_dict(recipe))
     keys = {p.key for p in space.params}
     assert {"loss.w_int", "loss.w_grad", "loss.w_ssim", "model.n_hi", "model.n_lo",
             "model.n_fuse", "model.channels", "optim.lr"} <= keys
@@ -108,10 +107,11 @@ def test_shipped_spaces_load_against_their_task_configs(task):
     # detail by the classical rule, which only the pyramid head has) the detail rule.
     assert keys & {"model.head", "model.detail"}
     by_key = {p.key: p for p in space.params}
-    for weight in ("w_int", "w_grad", "w_ssim"):  # log-uniform around the task default
+    recipe_loss = recipe.loss.resolved(task)
+    for weight in ("w_int", "w_grad", "w_ssim"):  # log-uniform around the recipe's weight
         param = by_key[f"loss.{weight}"]
-        default = getattr(get_task(task), weight)
-        assert param.type == "loguniform" and param.low < default < param.high
+        value = getattr(recipe_loss, weight)
+        assert param.type == "loguniform" and param.low < value < param.high
     assert space.sweep.metric == "val_score"
 
 
