@@ -3,7 +3,8 @@
 `SHARED_DATA` is the folder of real datasets (README: IVF/RoadScene, MEF/MEFB, MFF/MFIFB,
 MIF/Harvard-*): the environment variable ADARAY_SHARED_DATA, else `<repo>/../shared/data/fusion`.
 Tests that need it take the `shared_data` fixture (and carry the `shared_data` marker); they are
-skipped, with the reason, only where that folder is absent.
+skipped, with the reason, only where that folder is absent. Tests that start Ray, MLflow servers
+or Serve are marked `slow`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,18 @@ def shared_data() -> Path:
 # One real Ray cluster for the whole session (tests/ray_cluster.py): the session fixture
 # `ray_cluster` starts it on first use only, so tests that do not ask for it never start Ray.
 from ray_cluster import ray_cluster  # noqa: E402, F401
+
+# Tests that start a Ray cluster, an MLflow server or a Serve app are `slow`: those that take
+# one of these fixtures are marked here, the others that start one themselves carry the mark in
+# their module. `pytest -m "not slow"` runs the unit tests alone.
+SLOW_FIXTURES = frozenset({"ray_cluster", "served", "server", "mlflow_server"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 # Interpreter teardown after a session that imported torch, Ray (its gRPC core worker) and
 # MLflow can crash in native destructors once every test has passed (CI saw SIGSEGV after

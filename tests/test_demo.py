@@ -80,6 +80,7 @@ def test_quick_demo_runs_every_phase_twice_in_one_workdir(ray_cluster: RayTestCl
         assert ray_cluster.live_actors(name) == [], name
 
 
+@pytest.mark.slow  # starts its own Ray
 @pytest.mark.timeout(300)
 def test_ctrl_c_stops_the_demo_and_its_local_ray(tmp_path):
     log = tmp_path / "demo.log"

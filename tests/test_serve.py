@@ -336,6 +336,7 @@ def test_killed_model_replica_is_restarted(served, ray_cluster):
 # ----------------------------------------------------------------------------- adaray serve
 
 
+@pytest.mark.slow  # starts its own Ray
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("launcher", ["adaray serve", "serve run"])
 def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launcher, tmp_path):
