@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from adaray.errors import ConfigError
 from adaray.model.pyramid import pyramid_levels
 
 BASELINE_PREFIX = "baseline:"
@@ -140,7 +141,7 @@ class Baseline(nn.Module):
     def __init__(self, name: str) -> None:
         super().__init__()
         if name not in LUMA_FUSERS:
-            raise ValueError(f"unknown baseline {name!r} (known: {', '.join(LUMA_FUSERS)})")
+            raise ConfigError(f"unknown baseline {name!r} (known: {', '.join(LUMA_FUSERS)})")
         self.name = name
         self.fuse_plane = LUMA_FUSERS[name]
 

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from adaray import REPO_ROOT
-from adaray.config import ConfigError, from_dict, to_dict
+from adaray.config import from_dict, to_dict
+from adaray.errors import ConfigError, InputNotFoundError, ModelFileError
 from adaray.model import AdaSFFuse, ModelConfig
 
 MODEL_FORMAT = "adaray.model/1"
@@ -58,17 +59,17 @@ def model_from_payload(payload: dict[str, Any], source: str = "model") -> AdaSFF
     """Rebuild an AdaSFFuse (in eval mode) from a model-file dict; errors name `source`."""
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{source}: not an adaray model file (format {found!r}, "
+        raise ModelFileError(f"{source}: not an adaray model file (format {found!r}, "
                          f"expected {MODEL_FORMAT!r})")
     try:
         cfg = from_dict(ModelConfig, payload["model_config"])
     except ConfigError as exc:
-        raise ValueError(f"{source}: bad model_config: {exc}") from None
+        raise ModelFileError(f"{source}: bad model_config: {exc}") from None
     model = AdaSFFuse(cfg)
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise ValueError(f"{source}: weights do not match its model_config: {exc}") from None
+        raise ModelFileError(f"{source}: weights do not match its model_config: {exc}") from None
     return model.eval()
 
 
@@ -78,9 +79,9 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Ad
     if path.is_dir():
         path = path / MODEL_FILENAME
     if not path.is_file():
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise InputNotFoundError(f"model file not found: {path}")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path}: cannot load model file ({exc})") from None
+        raise ModelFileError(f"{path}: cannot load model file ({exc})") from None
     return model_from_payload(payload, source=str(path))

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from adaray.config import ConfigError, load_yaml
+from adaray.config import load_yaml
+from adaray.errors import AdarayError, ConfigError
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.runtime import configure_allocator, init_ray
 from adaray.tasks import TASKS
@@ -111,8 +112,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
     elif not args.url:
         shipped = shipped_model(args.task)
         if shipped is None:
-            raise FileNotFoundError(f"no model given (--model, --url) and no shipped model for "
-                                    f"task {args.task} (models/{args.task}.pt)")
+            raise ConfigError(f"no model given (--model, --url) and no shipped model for "
+                              f"task {args.task} (models/{args.task}.pt)")
         model = load_model(shipped)
         print(f"note: fusing with the shipped {args.task} model {shipped} (--model to choose "
               "another)", file=sys.stderr)
@@ -273,7 +274,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     sweep_overrides = {k: v for k, v in sweep_flags.items() if v is not None}
     if args.resume:
         if args.name is None:
-            raise ValueError("--resume needs --name: the sweep to continue")
+            raise ConfigError("--resume needs --name: the sweep to continue")
         if args.space or sweep_overrides:
             print("note: --resume continues the sweep as it was started; --space, --samples, "
                   "--max-concurrent and --*-per-trial are ignored", file=sys.stderr)
@@ -392,7 +393,7 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     for item in args.model:
         task, sep, source = item.partition("=")
         if not sep or not source:
-            raise ValueError(f"--model {item!r}: expected TASK=SOURCE, e.g. mif=model.pt")
+            raise ConfigError(f"--model {item!r}: expected TASK=SOURCE, e.g. mif=model.pt")
         models[task] = source
     overrides = [*args.set, *([f"max_steps={args.max_steps}"] if args.max_steps else [])]
     results = benchmark_quality(
@@ -517,7 +518,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_guarded(command: Any, args: argparse.Namespace, name: str) -> int:
-    """Run a command; bad input (config, data, files) ends with one error line and exit code 2."""
+    """Run a command; bad input (`adaray.errors`: config, data, model files, requests) ends
+    with one error line and exit code 2, anything else with its traceback."""
     from adaray.ray_state import WAIT_LIMIT_ENV
 
     configure_allocator()
@@ -525,9 +527,8 @@ def main_guarded(command: Any, args: argparse.Namespace, name: str) -> int:
         os.environ[WAIT_LIMIT_ENV] = str(args.resource_wait)
     try:
         return command(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"adaray {name}: error: {message}", file=sys.stderr)
+    except AdarayError as exc:
+        print(f"adaray {name}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -15,11 +15,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from adaray.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the field."""
 
 
 def _convert(value: Any, annotation: Any, where: str) -> Any:

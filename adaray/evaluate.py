@@ -36,6 +36,7 @@ from adaray.data import (
     split_pairs,
     write_image,
 )
+from adaray.errors import ConfigError, InputNotFoundError
 from adaray.fusion import fuse_with_weights
 from adaray.metrics import METRICS, evaluate_images
 from adaray.runtime import init_ray
@@ -177,27 +178,27 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     metrics = list(metrics or METRICS)
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
-        raise ValueError(f"--metrics: unknown metric {unknown[0]!r} (known: "
+        raise ConfigError(f"--metrics: unknown metric {unknown[0]!r} (known: "
                          f"{', '.join(METRICS)})")
     if not sources:
-        raise ValueError("--model: give at least one model or baseline:NAME")
+        raise ConfigError("--model: give at least one model or baseline:NAME")
     labels = [model_label(s) for s in labels or sources]
     if len(labels) != len(sources):
-        raise ValueError(f"labels: {len(labels)} labels for {len(sources)} models")
+        raise ConfigError(f"labels: {len(labels)} labels for {len(sources)} models")
     resolved = []  # local paths made absolute: Ray workers have their own working folder
     for source in sources:
         if source.startswith(BASELINE_PREFIX):
             get_baseline(source)  # unknown names fail here
         elif not source.startswith(("models:/", "runs:/")):
             if not Path(source).exists():
-                raise FileNotFoundError(f"--model: model file or folder not found: {source}")
+                raise InputNotFoundError(f"--model: model file or folder not found: {source}")
             source = str(Path(source).resolve())
         resolved.append(source)
     duplicated = sorted({x for x in labels if labels.count(x) > 1})
     if duplicated:
-        raise ValueError(f"--model: two models are both named {duplicated[0]!r} in the report")
+        raise ConfigError(f"--model: two models are both named {duplicated[0]!r} in the report")
     if split not in SPLITS:
-        raise ValueError(f"--split: {split!r} is not one of {', '.join(SPLITS)}")
+        raise ConfigError(f"--split: {split!r} is not one of {', '.join(SPLITS)}")
     pairs = discover_pairs(Path(data).resolve(), task, a_dir=a_dir, b_dir=b_dir)
     if split == "val":
         pairs = split_pairs(pairs, val_fraction)[1]

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from adaray.data.color import fuse_chroma, merge_luma, split_luma
+from adaray.errors import DataError
 
 
 def fuse_luma_batch(model: nn.Module, y_a: np.ndarray, y_b: np.ndarray
@@ -61,7 +62,7 @@ def _fuse(model: nn.Module, pairs: list[tuple[np.ndarray, np.ndarray]]
           ) -> tuple[list[np.ndarray], np.ndarray | None]:
     for img_a, img_b in pairs:
         if img_a.shape[:2] != img_b.shape[:2]:
-            raise ValueError(f"source sizes differ: {img_a.shape[:2]} vs {img_b.shape[:2]}")
+            raise DataError(f"source sizes differ: {img_a.shape[:2]} vs {img_b.shape[:2]}")
     if len({img_a.shape[:2] for img_a, _ in pairs}) > 1:
         raise ValueError("fuse_batch needs pairs of one size; fuse other sizes separately")
     split = [(split_luma(img_a), split_luma(img_b)) for img_a, img_b in pairs]

@@ -24,6 +24,8 @@ from numpy.lib.stride_tricks import as_strided
 from numpy.typing import ArrayLike
 from scipy.ndimage import uniform_filter
 
+from adaray.errors import ConfigError, DataError
+
 __all__ = [
     "METRICS",
     "ag",
@@ -50,14 +52,14 @@ def read_gray(path: str | Path) -> np.ndarray:
 
     OpenCV decodes the file to 8-bit BGR (cv2.IMREAD_COLOR: gray files are replicated to three
     channels, alpha is dropped, and 16-bit files keep their high byte, i.e. value >> 8); BGR2GRAY
-    then weighs 0.114 B + 0.587 G + 0.299 R and rounds to integers. Raises ValueError naming the
+    then weighs 0.114 B + 0.587 G + 0.299 R and rounds to integers. Raises DataError naming the
     path when the file is missing or cannot be decoded.
     """
     if not Path(path).is_file():
-        raise ValueError(f"cannot read image {path}: no such file")
+        raise DataError(f"cannot read image {path}: no such file")
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise ValueError(f"cannot read image {path}: OpenCV could not decode it")
+        raise DataError(f"cannot read image {path}: OpenCV could not decode it")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(np.float64)
 
 
@@ -549,7 +551,7 @@ def evaluate(
         names = [metrics] if isinstance(metrics, str) else list(metrics)
     unknown = [name for name in names if name not in METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {unknown}; valid names: {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric(s) {unknown}; valid names: {', '.join(METRICS)}")
     F, A, B = _as_triple(F, A, B)
     scores: dict[str, float] = {}
     ssim_names = [name for name in _SSIM_DATA_RANGE if name in names]

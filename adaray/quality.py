@@ -33,6 +33,7 @@ from typing import Any
 from adaray import REPO_ROOT
 from adaray.config import to_dict
 from adaray.data import discover_pairs, split_pairs
+from adaray.errors import ConfigError, InputNotFoundError
 from adaray.runtime import init_ray
 from adaray.tasks import TASKS, get_task
 
@@ -187,11 +188,11 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
         get_task(task)  # unknown tasks fail before anything runs
     unused = sorted(set(models) - set(tasks))
     if unused:
-        raise ValueError(f"--model: {unused[0]} is not among --tasks {' '.join(tasks)}")
+        raise ConfigError(f"--model: {unused[0]} is not among --tasks {' '.join(tasks)}")
     configs = {task: Path(config_dir) / f"{task}.yaml" for task in tasks if task not in models}
     for task, path in configs.items():
         if not path.is_file():
-            raise FileNotFoundError(f"{task}: no training config {path}")
+            raise InputNotFoundError(f"{task}: no training config {path}")
     out = Path(out)
     kept = load_record(out)  # a broken record fails here, before any training
     workdir = Path(workdir).resolve()
@@ -252,7 +253,7 @@ def load_record(page: Path) -> dict[str, TaskQuality]:
         entries = json.loads(path.read_text())
         return {entry["task"]: TaskQuality(**entry) for entry in entries}
     except (ValueError, TypeError, KeyError) as exc:
-        raise ValueError(f"{path}: not a results record of this adaray version ({exc}); move "
+        raise ConfigError(f"{path}: not a results record of this adaray version ({exc}); move "
                          "it away to start a new page") from exc
 
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from adaray.errors import ConfigError
+
 WAIT_LIMIT_ENV = "ADARAY_RESOURCE_WAIT_S"
 DEFAULT_WAIT_LIMIT_S = 120.0
 POLL_INTERVAL_S = 5.0
@@ -43,7 +45,7 @@ def wait_limit_s() -> float:
     except ValueError:
         limit = -1.0
     if not limit > 0:
-        raise ValueError(f"{WAIT_LIMIT_ENV}={raw!r}: expected seconds > 0, e.g. 120")
+        raise ConfigError(f"{WAIT_LIMIT_ENV}={raw!r}: expected seconds > 0, e.g. 120")
     return limit
 
 

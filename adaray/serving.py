@@ -20,6 +20,7 @@ import numpy as np
 from adaray import REPO_ROOT
 from adaray.config import ConfigError, from_dict, read_yaml
 from adaray.data.io import ImageReadError, decode_image
+from adaray.errors import AdarayError
 from adaray.tasks import TASKS
 
 OUTPUTS = ("png", "json")
@@ -75,7 +76,7 @@ class ServeConfig:
         return tracking_uri(self.workdir)
 
 
-class RequestError(Exception):
+class RequestError(AdarayError):
     """A refused request: HTTP `status` and a reason for the caller."""
 
     def __init__(self, status: int, reason: str) -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from adaray.errors import ConfigError
+
 IntensityTarget = Literal["max", "mean", "focus"]
 SsimWeighting = Literal["gradient", "equal"]
 
@@ -52,5 +54,5 @@ def get_task(name: str) -> TaskSpec:
     """Look up a task by CLI name or folder name (case-insensitive)."""
     spec = TASKS.get(name.lower())
     if spec is None:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
     return spec

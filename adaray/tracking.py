@@ -31,6 +31,7 @@ from torch import nn
 from adaray.checkpoint import MODEL_FILENAME, load_model, save_model, unwrap
 from adaray.config import dump_yaml
 from adaray.data.io import write_image
+from adaray.errors import AdarayError, ConfigError, InputNotFoundError, ModelFileError
 from adaray.model import AdaSFFuse
 
 logger = logging.getLogger("adaray.tracking")
@@ -425,7 +426,7 @@ def _registered_version_uri(model_uri: str, tracking_uri: str | None) -> str:
     else:
         name, _, version = body.rpartition("/")
         if not name or not version.isdigit():
-            raise ValueError(f"{model_uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+            raise ConfigError(f"{model_uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
     return client.get_model_version_download_uri(name, version)
 
 
@@ -447,8 +448,9 @@ def load_logged_model(model_uri: str, tracking_uri: str | None = None) -> AdaSFF
     and load it with weights_only=True. `tracking_uri` (e.g. `tracking_uri(workdir)`) defaults to
     MLflow's own (MLFLOW_TRACKING_URI); the registry is MLFLOW_REGISTRY_URI, else the tracking URI.
 
-    Raises RuntimeError when the artifacts cannot be found or downloaded, ValueError or
-    FileNotFoundError when they are not an adaray model; every message names `model_uri`.
+    Raises RuntimeError when the artifacts cannot be found or downloaded, ConfigError for a
+    malformed URI, ModelFileError or InputNotFoundError when they are not an adaray model; every
+    message names `model_uri`.
     """
     import mlflow.artifacts
 
@@ -461,13 +463,13 @@ def load_logged_model(model_uri: str, tracking_uri: str | None = None) -> AdaSFF
                 source = _registered_version_uri(model_uri, tracking_uri)
             local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
                                                         tracking_uri=tracking_uri)
-        except ValueError:
+        except AdarayError:
             raise
         except Exception as exc:
             raise RuntimeError(f"{model_uri}: cannot download model ({short_error(exc)})") from exc
         try:
             return load_model(local)
-        except (ValueError, FileNotFoundError) as exc:
+        except (ModelFileError, InputNotFoundError) as exc:
             raise type(exc)(f"{model_uri}: {exc}") from None
 
 

@@ -33,6 +33,7 @@ from adaray import metrics as fusion_metrics
 from adaray.checkpoint import MODEL_FILENAME, model_payload, unwrap
 from adaray.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from adaray.data import DataConfig, FusionPairDataset, build_datasets, merge_luma
+from adaray.errors import InputNotFoundError
 from adaray.losses import FusionLoss, LossConfig
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.runtime import configure_allocator
@@ -296,7 +297,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # Data: every worker must see the data folder (a shared filesystem on a cluster).
     if not Path(cfg.data.root).is_dir():
-        raise FileNotFoundError(f"data folder {cfg.data.root} is not readable on node "
+        raise InputNotFoundError(f"data folder {cfg.data.root} is not readable on node "
                                 f"{socket.gethostname()} (worker rank {rank}); on a cluster it "
                                 "must be on a filesystem mounted on every node")
     train_set, val_set = build_datasets(cfg.data.root, cfg.task, cfg.data, check=rank == 0)
@@ -463,7 +464,7 @@ def prepare_config(cfg: TrainConfig) -> TrainConfig:
         raise ConfigError("data.root: no data folder given (--data PATH)")
     root = Path(cfg.data.root).expanduser().resolve()
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder not found: {root}")
+        raise InputNotFoundError(f"data folder not found: {root}")
     build_datasets(root, cfg.task, cfg.data, check=False)  # pairs are discoverable
     workdir = Path(cfg.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)

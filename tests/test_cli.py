@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import pytest
 import torch
 from conftest import SAMPLES
 
-from adaray.cli import main
+from adaray.cli import main, main_guarded
 from adaray.config import dump_yaml
 from adaray.data import read_image
+from adaray.errors import ConfigError, DataError, InputNotFoundError, ModelFileError
 from adaray.model import ModelConfig
 
 SMALL = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8, chunk_size=16)
@@ -156,3 +158,22 @@ def test_serve_with_a_bad_config_fails_before_ray_naming_the_field(tmp_path, cap
     err = capsys.readouterr().err
     assert f"{config}: applications[0].args.max_pixels: must be >= 1" in err, err
     assert ray.is_initialized() == was_initialized
+
+
+@pytest.mark.parametrize("error", [ConfigError, DataError, ModelFileError, InputNotFoundError])
+def test_the_projects_errors_end_in_one_line_and_exit_2(error, capsys):
+    def command(args: argparse.Namespace) -> int:
+        raise error("config.yaml: model.head: unknown head 'pixel'")
+
+    assert main_guarded(command, argparse.Namespace(), "train") == 2
+    assert capsys.readouterr().err == ("adaray train: error: config.yaml: model.head: unknown "
+                                       "head 'pixel'\n")
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyError, FileNotFoundError, TypeError])
+def test_other_errors_keep_their_traceback(error):
+    def command(args: argparse.Namespace) -> int:
+        raise error("a bug, not bad input")
+
+    with pytest.raises(error, match="a bug"):
+        main_guarded(command, argparse.Namespace(), "train")

@@ -105,7 +105,7 @@ def test_unresolved_or_negative_config_is_rejected():
         from_dict(LossConfig, {"w_grad": -1})
     with pytest.raises(ConfigError, match="intensity_target"):
         from_dict(LossConfig, {"intensity_target": "median"})
-    with pytest.raises(KeyError, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task"):
         LossConfig.for_task("xyz")
 
 

@@ -110,7 +110,7 @@ class FusionPairDataset(Dataset):
         cache: bool = True,
     ) -> None:
         if train and (patch_size is None or patch_size < MIN_PATCH_SIZE):
-            raise ValueError(f"training needs patch_size >= {MIN_PATCH_SIZE}, got {patch_size}")
+            raise ConfigError(f"training needs patch_size >= {MIN_PATCH_SIZE}, got {patch_size}")
         self.pairs = list(pairs)
         self.patch_size = patch_size
         self.train = train

@@ -19,6 +19,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from adaray.errors import ConfigError, DataError
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -27,7 +29,7 @@ _BMP_SIGNATURE = b"BM"
 _SAMPLE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DataError):
     """An image file is missing, unreadable, truncated or not an image; the message names it."""
 
 
@@ -145,7 +147,7 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     """
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"{path}: write_image writes PNG files; use a .png name")
+        raise ConfigError(f"{path}: write_image writes PNG files; use a .png name")
     encoded = encode_png(image, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(encoded)

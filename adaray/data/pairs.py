@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from adaray.data.io import ImageReadError, is_image_file, read_image
+from adaray.errors import ConfigError, DataError
 from adaray.tasks import TASKS, TaskSpec, get_task
 
 MAX_SEARCH_DEPTH = 4  # folder levels below `data` searched for pair folders
 MAX_LISTED = 5  # names quoted in an error message before "..."
 
 
-class PairError(ValueError):
+class PairError(DataError):
     """Image pairs cannot be found or do not match; the message names the folders and files."""
 
 
@@ -232,7 +233,7 @@ def split_pairs(
     Both lists are sorted by (group, stem).
     """
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
     ranked = sorted(pairs, key=lambda p: (split_score(p), p.group, p.stem))
     cut = sum(1 for p in ranked if split_score(p) < val_fraction)
     if val_fraction > 0 and len(ranked) >= 2:
