@@ -54,6 +54,13 @@ class ServeConfig:
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(f"batch_wait_timeout_s: must be >= 0, got "
                               f"{self.batch_wait_timeout_s}")
+        from adaray.tracking import parse_model_uri
+
+        for task, source in self.models.items():
+            try:
+                parse_model_uri(source)
+            except ConfigError as exc:
+                raise ConfigError(f"models.{task}: {exc}") from None
 
     def model_source(self, task: str) -> str:
         """Where the task's model comes from (the champion alias unless configured)."""
@@ -136,19 +143,19 @@ def load_task_model(source: str, tracking_uri: str,
     Raises RequestError(503) with the reason when the source cannot be loaded (no such alias
     and no fallback, registry unreachable, missing or foreign file).
     """
-    from adaray.tracking import ModelRegistry, load_model_from
+    from adaray.tracking import ModelRegistry, load_model_from, parse_model_uri
 
     info: dict[str, Any] = {"source": source, "version": None, "score": None}
     try:
-        name, at, alias = source.removeprefix("models:/").partition("@")
-        if source.startswith("models:/") and at:
-            version = ModelRegistry(tracking_uri).alias_version(name, alias)
+        ref = parse_model_uri(source)
+        if ref is not None and ref.alias is not None:
+            version = ModelRegistry(tracking_uri).alias_version(ref.name, ref.alias)
             if version is None and fallback is not None:
                 info.update(source=fallback, instead_of=source)
                 source = fallback
             elif version is None:
                 raise RequestError(503, f"model {source} is not available: registered model "
-                                        f"{name} has no version with alias {alias!r} at "
+                                        f"{ref.name} has no version with alias {ref.alias!r} at "
                                         f"{tracking_uri} (run a sweep, or set models.<task>)")
             else:
                 info.update(version=version.version, score=version.score)

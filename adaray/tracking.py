@@ -57,6 +57,36 @@ HTTP_ENV_DEFAULTS = {
 }
 
 
+def set_http_env_defaults() -> None:
+    """Set HTTP_ENV_DEFAULTS with os.environ.setdefault: values chosen by the user win."""
+    for name, value in HTTP_ENV_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+@dataclass(frozen=True)
+class RegisteredModelRef:
+    """A parsed registry URI: `models:/NAME@ALIAS` (alias set) or `models:/NAME/VERSION`."""
+
+    name: str
+    alias: str | None = None
+    version: str | None = None
+
+
+def parse_model_uri(uri: str) -> RegisteredModelRef | None:
+    """The registered model a `models:/` URI names; None for any other source (a file,
+    `runs:/...`, `baseline:NAME`). Raises ConfigError for a malformed `models:/` URI."""
+    if not uri.startswith("models:/"):
+        return None
+    body = uri.removeprefix("models:/")
+    name, at, alias = body.partition("@")
+    if at and name and alias:
+        return RegisteredModelRef(name, alias=alias)
+    name, _, version = body.rpartition("/")
+    if at or not name or not version.isdigit():
+        raise ConfigError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
+    return RegisteredModelRef(name, version=version)
+
+
 def tracking_uri(workdir: str | Path) -> str:
     """MLFLOW_TRACKING_URI when set, else `sqlite:///<abs workdir>/mlflow.db`."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
@@ -144,8 +174,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, artifact_location: str | None = None, *,
                  retry_s: float = 30.0, max_retry_s: float = 300.0) -> None:
-        for name, value in HTTP_ENV_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        set_http_env_defaults()
         logging.getLogger("urllib3.connectionpool").addFilter(_QUIET_RETRIES)  # added once
         self.uri = uri
         self.experiment = experiment
@@ -418,16 +447,12 @@ def _registered_version_uri(model_uri: str, tracking_uri: str | None) -> str:
     """
     import mlflow
 
+    ref = parse_model_uri(model_uri)
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    body = model_uri.removeprefix("models:/")
-    name, at, alias = body.partition("@")
-    if at:
-        version = client.get_model_version_by_alias(name, alias).version
-    else:
-        name, _, version = body.rpartition("/")
-        if not name or not version.isdigit():
-            raise ConfigError(f"{model_uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    return client.get_model_version_download_uri(name, version)
+    version = ref.version
+    if ref.alias is not None:
+        version = client.get_model_version_by_alias(ref.name, ref.alias).version
+    return client.get_model_version_download_uri(ref.name, version)
 
 
 def load_model_from(source: str, tracking_uri: str | None = None) -> nn.Module:
@@ -454,8 +479,7 @@ def load_logged_model(model_uri: str, tracking_uri: str | None = None) -> AdaSFF
     """
     import mlflow.artifacts
 
-    for name, value in HTTP_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
+    set_http_env_defaults()
     with tempfile.TemporaryDirectory(prefix="adaray-download-") as tmp:
         try:
             source = model_uri
@@ -512,8 +536,7 @@ class ModelRegistry:
     def __init__(self, uri: str) -> None:
         import mlflow
 
-        for name, value in HTTP_ENV_DEFAULTS.items():
-            os.environ.setdefault(name, value)
+        set_http_env_defaults()
         self.uri = uri
         self.client = mlflow.MlflowClient(tracking_uri=uri,
                                           registry_uri=os.environ.get("MLFLOW_REGISTRY_URI"))

@@ -161,7 +161,7 @@ class FusionAPI:
     async def models_info(self) -> dict[str, Any]:
         """Per task: the model source served, registered version and score, loaded in a replica
         or not; `instead_of` names the champion alias a shipped model stands in for."""
-        from adaray.tracking import ModelRegistry
+        from adaray.tracking import ModelRegistry, parse_model_uri
 
         loaded = await self.models.loaded_models.remote()
         registry = None
@@ -172,17 +172,16 @@ class FusionAPI:
             if task in loaded:
                 entry.update({k: loaded[task][k] for k in ("source", "version", "score",
                                                            "instead_of") if k in loaded[task]})
-            elif source.startswith("models:/") and "@" in source:
-                name, _, alias = source.removeprefix("models:/").partition("@")
+            elif (ref := parse_model_uri(source)) is not None and ref.alias is not None:
                 try:
                     registry = registry or ModelRegistry(self.config.tracking_uri())
-                    version = registry.alias_version(name, alias)
+                    version = registry.alias_version(ref.name, ref.alias)
                     fallback = self.config.fallback_source(task)
                     if version is None and fallback is not None:
                         entry.update(source=fallback, instead_of=source, version=None,
                                      score=None)
                     else:
-                        entry.update(alias=alias, version=version and version.version,
+                        entry.update(alias=ref.alias, version=version and version.version,
                                      score=version and version.score)
                 except Exception as exc:  # the registry being down is an answer, not a 500
                     entry["error"] = f"registry unavailable: {exc}"

@@ -7,6 +7,7 @@ on the same store and port, so tests after it still find it running.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -20,7 +21,9 @@ from mlflow_server import MlflowServer, start_mlflow_server
 from adaray import tracking
 from adaray.config import to_dict
 from adaray.data.io import read_image
+from adaray.errors import ConfigError
 from adaray.model import AdaSFFuse, ModelConfig
+from adaray.serving import ServeConfig
 from adaray.tracking import Tracker, flatten, load_logged_model
 
 LOGGER = "adaray.tracking"
@@ -78,6 +81,27 @@ def test_uri_helpers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
     assert tracking.tracking_uri("wd") == "http://tracking.example:5000"
     assert tracking.artifact_root("wd") is None
+
+
+@pytest.mark.parametrize(("uri", "expected"), [
+    ("models:/adasffuse-ivf@champion",
+     tracking.RegisteredModelRef("adasffuse-ivf", alias="champion")),
+    ("models:/adasffuse-ivf/3", tracking.RegisteredModelRef("adasffuse-ivf", version="3")),
+    ("runs:/0123/model", None),
+    ("baseline:laplacian", None),
+    ("models/ivf.pt", None),
+])
+def test_parse_model_uri(uri: str, expected: tracking.RegisteredModelRef | None) -> None:
+    assert tracking.parse_model_uri(uri) == expected
+
+
+@pytest.mark.parametrize("uri", ["models:/adasffuse-ivf", "models:/adasffuse-ivf/latest",
+                                 "models:/@champion", "models:/adasffuse-ivf@"])
+def test_malformed_model_uris_are_config_errors_naming_them(uri: str) -> None:
+    with pytest.raises(ConfigError, match=f"{re.escape(uri)}: expected models:/NAME@ALIAS"):
+        tracking.parse_model_uri(uri)
+    with pytest.raises(ConfigError, match=f"models.ivf: {re.escape(uri)}"):
+        ServeConfig(models={"ivf": uri}).validate()
 
 
 def test_flatten() -> None:
