@@ -60,7 +60,7 @@ def model_from_payload(payload: dict[str, Any], source: str = "model") -> AdaSFF
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise ModelFileError(f"{source}: not an adaray model file (format {found!r}, "
-                         f"expected {MODEL_FORMAT!r})")
+                             f"expected {MODEL_FORMAT!r})")
     try:
         cfg = from_dict(ModelConfig, payload["model_config"])
     except ConfigError as exc:

@@ -179,7 +179,7 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"--metrics: unknown metric {unknown[0]!r} (known: "
-                         f"{', '.join(METRICS)})")
+                          f"{', '.join(METRICS)})")
     if not sources:
         raise ConfigError("--model: give at least one model or baseline:NAME")
     labels = [model_label(s) for s in labels or sources]

@@ -254,7 +254,7 @@ def load_record(page: Path) -> dict[str, TaskQuality]:
         return {entry["task"]: TaskQuality(**entry) for entry in entries}
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"{path}: not a results record of this adaray version ({exc}); move "
-                         "it away to start a new page") from exc
+                          "it away to start a new page") from exc
 
 
 def write_page(page: Path, tasks: dict[str, TaskQuality]) -> None:

@@ -298,8 +298,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Data: every worker must see the data folder (a shared filesystem on a cluster).
     if not Path(cfg.data.root).is_dir():
         raise InputNotFoundError(f"data folder {cfg.data.root} is not readable on node "
-                                f"{socket.gethostname()} (worker rank {rank}); on a cluster it "
-                                "must be on a filesystem mounted on every node")
+                                 f"{socket.gethostname()} (worker rank {rank}); on a cluster "
+                                 "it must be on a filesystem mounted on every node")
     train_set, val_set = build_datasets(cfg.data.root, cfg.task, cfg.data, check=rank == 0)
     loader = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
                         drop_last=len(train_set) >= cfg.data.batch_size * world_size,
