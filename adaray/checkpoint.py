@@ -13,19 +13,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from adaray import REPO_ROOT
+from adaray import shipped_path
 from adaray.config import from_dict, to_dict
 from adaray.errors import ConfigError, InputNotFoundError, ModelFileError
 from adaray.model import AdaSFFuse, ModelConfig
 
 MODEL_FORMAT = "adaray.model/1"
 MODEL_FILENAME = "model.pt"
-SHIPPED_MODELS = REPO_ROOT / "models"  # trained recipe models: <task>.pt and <task>.md
 
 
 def shipped_model(task: str) -> Path | None:
     """The trained model shipped for `task` (models/<task>.pt), or None when there is none."""
-    path = SHIPPED_MODELS / f"{task}.pt"
+    path = shipped_path("models", f"{task}.pt")
     return path if path.is_file() else None
 
 

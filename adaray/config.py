@@ -1,8 +1,11 @@
 """Typed configuration: dataclasses loaded from dicts / YAML with errors that name the field.
 
-Every config class in adaray is a plain dataclass. `from_dict` checks each key against the
-dataclass fields (unknown keys are errors), converts values to the annotated type and calls the
-class's `validate()` when it has one, so a bad config fails before any work starts.
+Every config class in adaray is a plain dataclass that validates itself when built
+(`__post_init__` calls its `validate()`, as Ray's ScalingConfig does), so a config that exists
+is a valid one; derived configs are built with `dataclasses.replace`, which validates again.
+`from_dict` checks each key against the dataclass fields (unknown keys are errors), converts
+values to the annotated type and prefixes errors with the field's path, so a bad config fails
+before any work starts.
 """
 
 from __future__ import annotations
@@ -94,16 +97,11 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
         raise ConfigError(f"unknown field {prefix}{unknown[0]} (known fields: {known})")
     kwargs = {k: _convert(v, hints[k], f"{prefix}{k}") for k, v in data.items()}
     try:
-        obj = cls(**kwargs)
+        return cls(**kwargs)  # config classes validate themselves in __post_init__
     except TypeError as exc:
         raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        try:
-            validate()
-        except ConfigError as exc:
-            raise ConfigError(f"{prefix}{exc}") from None
-    return obj
+    except ConfigError as exc:
+        raise ConfigError(f"{prefix}{exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

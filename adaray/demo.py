@@ -24,13 +24,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from adaray import REPO_ROOT
+from adaray import shipped_path
 from adaray.config import to_dict
+from adaray.model import HEAD_FIELDS
 from adaray.runtime import init_ray
 from adaray.tasks import get_task
 
-TINY_CONFIG = REPO_ROOT / "configs" / "tiny.yaml"
-RECIPE_HEAD_FIELDS = ("head", "levels", "per_level_maps", "detail")  # taken from the task's recipe
+TINY_CONFIG = shipped_path("configs", "tiny.yaml")
 
 
 @dataclass
@@ -74,28 +74,27 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     import ray
 
     from adaray.ray_state import placement_groups_released
-    from adaray.serving import serve_env_vars
     from adaray.tracking import registered_model_name, tracking_uri
-    from adaray.train import best_checkpoint, build_trainer, load_train_config, prepare_config
+    from adaray.train import best_checkpoint, build_trainer, load_config, prepare_config
 
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Ctrl-C ends the demo
     plan = QUICK if quick else FULL
-    data = Path(data or REPO_ROOT / "samples").resolve()
+    data = Path(data or shipped_path("samples")).resolve()
     workdir = Path(workdir).resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = workdir / "demo" / stamp
     get_task(task)
-    base = load_train_config(TINY_CONFIG, [
-        f"task={task}", f"data.root={data}", f"workdir={workdir}", f"max_steps={plan.train_steps}",
-        f"val_every={plan.eval_every}", f"ckpt_every={plan.eval_every}",
-        f"log_every={max(1, plan.eval_every // 2)}", f"name=demo-{task}-{stamp}",
-        "optim.lr=3.0e-3", f"optim.warmup_steps={min(20, plan.train_steps // 4)}",
-        *_recipe_head_and_loss(task)])
-    base = prepare_config(base)  # bad data fails here, before Ray starts
+    base, run = load_config(TINY_CONFIG, [
+        f"task={task}", f"run.data={data}", f"run.workdir={workdir}",
+        f"max_steps={plan.train_steps}", f"val_every={plan.eval_every}",
+        f"ckpt_every={plan.eval_every}", f"log_every={max(1, plan.eval_every // 2)}",
+        f"run.name=demo-{task}-{stamp}", "optim.lr=3.0e-3",
+        f"optim.warmup_steps={min(20, plan.train_steps // 4)}", *_recipe_head_and_loss(task)])
+    base, run = prepare_config(base, run)  # bad data fails here, before Ray starts
     summary: dict[str, Any] = {"task": task, "data": str(data), "workdir": str(workdir)}
     started = time.monotonic()
 
-    # A local Ray (or the cluster at RAY_ADDRESS); replicas import serve.app from this checkout.
+    # A local Ray (or the cluster at RAY_ADDRESS).
     # The demo needs at most 1 CPU at a time: a request that waits longer than the limit will
     # not be placed, so the demo stops with the watch's message instead of waiting for ever.
     stuck: list[str] = []
@@ -104,7 +103,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
         stuck.append(message)
         os.kill(os.getpid(), signal.SIGINT)  # leave through the handler below
 
-    init_ray(serve_env_vars(), logging_level="ERROR", on_resource_wait=resource_wait)
+    init_ray(logging_level="ERROR", on_resource_wait=resource_wait)
 
     # Ctrl-C (or a stuck request): leave through the `finally` below (SystemExit, as Ray's own
     # SIGTERM handler does; a KeyboardInterrupt raised inside Ray's driver loops does not always
@@ -119,7 +118,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
     serving = False
     try:
         phase = _phase(1, f"train a small AdaSFFuse on {task} pairs in {data} (Ray Train)")
-        trainer = build_trainer(base)
+        trainer = build_trainer(base, run)
         with placement_groups_released("the demo's training"):
             result = _off_main_thread(trainer.fit)
         best = best_checkpoint(result)
@@ -128,7 +127,7 @@ def run_demo(task: str = "ivf", data: str | Path | None = None,
         _done(phase, f"trained {plan.train_steps} steps; best val_score {best[1]['val_score']:.4f}")
 
         phase = _phase(2, "2-trial sweep (Ray Tune, ASHA + Optuna) and promotion")
-        sweep = _sweep(base, plan, f"demo-{task}-sweep-{stamp}")
+        sweep = _sweep(base, run, plan, f"demo-{task}-sweep-{stamp}")
         summary["promotion"] = sweep.promotion_note
         _done(phase, f"sweep {sweep.name}: {sweep.promotion_note}")
 
@@ -165,8 +164,8 @@ def _recipe_head_and_loss(task: str) -> list[str]:
     (configs/<task>.yaml): the demo shows the recipe at a small scale."""
     from adaray.train import load_train_config
 
-    recipe = load_train_config(REPO_ROOT / "configs" / f"{task}.yaml")
-    fields = {**{f"model.{name}": getattr(recipe.model, name) for name in RECIPE_HEAD_FIELDS},
+    recipe = load_train_config(shipped_path("configs", f"{task}.yaml"))
+    fields = {**{f"model.{name}": getattr(recipe.model, name) for name in HEAD_FIELDS},
               **{f"loss.{name}": value for name, value in to_dict(recipe.loss).items()
                  if value is not None}}
     return [f"{key}={value}" for key, value in fields.items()]
@@ -206,7 +205,7 @@ def _placement_groups_left() -> str:
     return ", ".join(sorted(left)) or "none"
 
 
-def _sweep(base: Any, plan: DemoPlan, name: str) -> Any:
+def _sweep(base: Any, run: Any, plan: DemoPlan, name: str) -> Any:
     from adaray.tune import parse_space, run_sweep
 
     space = parse_space({
@@ -216,7 +215,7 @@ def _sweep(base: Any, plan: DemoPlan, name: str) -> Any:
         "params": {"loss.w_ssim": {"type": "loguniform", "low": 2.5, "high": 40},
                    "optim.lr": {"type": "loguniform", "low": 1.0e-3, "high": 5.0e-3}},
     }, to_dict(base), source="demo sweep")
-    return run_sweep(dataclasses.replace(base, name=None), space, name=name)
+    return run_sweep(base, dataclasses.replace(run, name=None), space, name=name)
 
 
 def _evaluate(task: str, data: Path, models: list[str], out: Path, workdir: Path) -> Any:
@@ -235,9 +234,9 @@ def _serve_and_fuse(task: str, data: Path, workdir: Path, out: Path) -> tuple[st
     from ray import serve
 
     from adaray.data import discover_pairs
-    from adaray.serving import post_fuse, serve_app_module
+    from adaray.serving import post_fuse
+    from adaray.serving.app import build_application
 
-    build_application = serve_app_module().build_application
     port = _free_port(8000)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     app = build_application({"tasks": [task], "workdir": str(workdir)},

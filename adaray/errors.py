@@ -23,3 +23,12 @@ class ModelFileError(AdarayError, ValueError):
 
 class InputNotFoundError(AdarayError, FileNotFoundError):
     """A file or folder the user named does not exist; the message names it."""
+
+
+class RequestError(AdarayError):
+    """A refused request to the Serve app: HTTP `status` and a reason for the caller."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason

@@ -72,8 +72,8 @@ def model_label(source: str) -> str:
 def _fuse_chunk(source: str, label: str, pairs: list[ImagePair], out: str, tracking_uri: str,
                 metrics: list[str]) -> list[dict[str, Any]]:
     """Load the model once, fuse, write and score each pair (runs as a Ray task)."""
+    from adaray.loading import load_model_from
     from adaray.runtime import configure_allocator
-    from adaray.tracking import load_model_from
 
     configure_allocator()
     model = load_model_from(source, tracking_uri)

@@ -36,7 +36,7 @@ LOSS_FIELDS = ("w_int", "w_grad", "w_ssim", "intensity_target", "ssim_weighting"
 VIF_NOISE_VAR, VIF_EPS = 2.0, 1e-10
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """Loss weights and targets; None means "the task's default" (see `resolved`)."""
 
@@ -47,6 +47,9 @@ class LossConfig:
     ssim_weighting: Literal["gradient", "equal"] | None = None
     w_vif: float | None = None
     focus_window: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError for a negative weight or an even or small focus window."""

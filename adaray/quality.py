@@ -30,7 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from adaray import REPO_ROOT
+from adaray import shipped_path
 from adaray.config import to_dict
 from adaray.data import discover_pairs, split_pairs
 from adaray.errors import ConfigError, InputNotFoundError
@@ -147,12 +147,12 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
     """Train one task on Ray Train; returns (best checkpoint, wall seconds, steps, settings)."""
     from adaray.ray_state import placement_groups_released
     from adaray.tracking import flatten
-    from adaray.train import best_checkpoint, build_trainer, load_train_config
+    from adaray.train import best_checkpoint, build_trainer, load_config
 
-    cfg = load_train_config(config, [f"task={task}", f"data.root={Path(data).resolve()}",
-                                     f"workdir={workdir}", f"name=quality-{task}-{stamp}",
-                                     *overrides])
-    trainer = build_trainer(cfg)  # bad config or data fails here, before training
+    cfg, run = load_config(config, [f"task={task}", f"run.data={Path(data).resolve()}",
+                                    f"run.workdir={workdir}", f"run.name=quality-{task}-{stamp}",
+                                    *overrides])
+    trainer = build_trainer(cfg, run)  # bad config or data fails here, before training
     started = time.monotonic()
     with placement_groups_released(f"{task} training"):
         result = trainer.fit()
@@ -162,14 +162,14 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
         raise RuntimeError(f"{task}: training produced no checkpoint ({result.error})")
     settings = {key: value for key, value in flatten(to_dict(cfg)).items()
                 if key.split(".")[0] in ("model", "loss", "optim", "data")
-                and key not in ("data.root", "data.a_dir", "data.b_dir")}
-    settings.update(max_steps=cfg.max_steps, workers=cfg.workers,
-                    cpus_per_worker=cfg.cpus_per_worker)
+                and key not in ("data.a_dir", "data.b_dir")}
+    settings.update(max_steps=cfg.max_steps, workers=run.workers,
+                    cpus_per_worker=run.cpus_per_worker)
     return best[0].path, wall_s, cfg.max_steps, settings
 
 
 def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
-                      config_dir: str | Path = REPO_ROOT / "configs",
+                      config_dir: str | Path | None = None,
                       models: dict[str, str] | None = None, overrides: list[str] = (),
                       workdir: str | Path = "adaray_work", val_fraction: float = 0.1,
                       command: str = "", ship: str | Path | None = None) -> list[TaskQuality]:
@@ -189,7 +189,8 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
     unused = sorted(set(models) - set(tasks))
     if unused:
         raise ConfigError(f"--model: {unused[0]} is not among --tasks {' '.join(tasks)}")
-    configs = {task: Path(config_dir) / f"{task}.yaml" for task in tasks if task not in models}
+    config_dir = Path(config_dir) if config_dir else shipped_path("configs")
+    configs = {task: config_dir / f"{task}.yaml" for task in tasks if task not in models}
     for task, path in configs.items():
         if not path.is_file():
             raise InputNotFoundError(f"{task}: no training config {path}")
@@ -311,7 +312,8 @@ def results_markdown(results: list[TaskQuality]) -> str:
 
 
 def _shown(path: Path) -> str:
-    """A path for the page: relative to the repository when inside it (no machine paths)."""
-    path = path.resolve()
-    return path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.name
+    """A path for the page: `configs/...` for a shipped config, else its name (no machine
+    paths)."""
+    path, shipped = path.resolve(), shipped_path("configs").parent.resolve()
+    return path.relative_to(shipped).as_posix() if path.is_relative_to(shipped) else path.name
 

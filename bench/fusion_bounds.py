@@ -17,7 +17,7 @@ import os
 import cv2
 import numpy as np
 
-from adaray import REPO_ROOT
+from adaray import SOURCE_TREE
 from adaray.baselines import LumaFuser, fuse_average, fuse_laplacian, fuse_max, pick_larger
 from adaray.data.dataset import DataConfig, build_datasets
 from adaray.metrics import evaluate_images
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--task", required=True)
     parser.add_argument("--pairs", type=int, help="the first N validation pairs only")
     args = parser.parse_args()
-    data = os.environ.get("ADARAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "fusion")
+    data = os.environ.get("ADARAY_SHARED_DATA", SOURCE_TREE.parent / "shared" / "data" / "fusion")
     _, val_set = build_datasets(data, args.task, DataConfig(val_fraction=0.1), check=False)
     count = len(val_set) if args.pairs is None else min(args.pairs, len(val_set))
     scores: dict[str, list[list[float]]] = {name: [] for name in VARIANTS}

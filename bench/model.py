@@ -25,6 +25,7 @@ compare the ratios of one run (a shared machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -42,10 +43,10 @@ from adaray.losses import FusionLoss
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.model.profile import count_flops, count_parameters, measure_latency
 from adaray.runtime import ALLOCATOR_ENV, configure_allocator
-from adaray.train import load_train_config
+from adaray.train import TrainConfig, build_optimizer, load_train_config, optimizer_step
 
 REPO = Path(__file__).resolve().parent.parent
-HEADS = {  # row name -> ModelConfig fields
+HEADS = {  # row name -> values of ModelConfig's head fields (adaray.model.HEAD_FIELDS)
     "pixels": {"head": "pixels", "per_level_maps": False, "detail": "map"},
     "weights": {"head": "weights", "per_level_maps": False, "detail": "map"},
     "pyramid": {"head": "pyramid", "per_level_maps": False, "detail": "map"},
@@ -56,22 +57,22 @@ HEADS = {  # row name -> ModelConfig fields
 
 def with_head(cfg: ModelConfig, head: str) -> ModelConfig:
     """`cfg` with the output head `head` (a key of HEADS)."""
-    return from_dict(ModelConfig, {**to_dict(cfg), **HEADS[head]})
+    return dataclasses.replace(cfg, **HEADS[head])
 
 
-def train_step_seconds(model: AdaSFFuse, loss_fn: FusionLoss, batch: int, patch: int,
+def train_step_seconds(model: AdaSFFuse, cfg: TrainConfig, batch: int, patch: int,
                        steps: int) -> float:
-    """Median seconds of one AdamW step (forward, task loss, backward, update), random patches."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    """Median seconds of one training step (forward, task loss, backward, clipping, AdamW
+    update: `adaray.train.optimizer_step`) on random patches."""
+    optimizer, scheduler = build_optimizer(model, cfg)
+    loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
     model.train()
     times = []
     for i in range(steps + 1):
         a, b = torch.rand(batch, 1, patch, patch), torch.rand(batch, 1, patch, patch)
         start = time.perf_counter()
         loss, _ = loss_fn(model(a, b), a, b)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        optimizer_step(loss, model, optimizer, scheduler, cfg.optim.grad_clip)
         if i:  # the first step warms up
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
@@ -89,8 +90,7 @@ def measure(config: str, head: str, args: argparse.Namespace) -> dict[str, Any]:
         model = AdaSFFuse(model_cfg)
         for size in args.sizes:
             figures[f"latency_{size}"] = measure_latency(model, size, size, repeats=args.repeats)
-        figures["step"] = train_step_seconds(model, FusionLoss(cfg.loss.resolved(cfg.task)),
-                                             args.batch, args.patch, args.steps)
+        figures["step"] = train_step_seconds(model, cfg, args.batch, args.patch, args.steps)
 
     worker = threading.Thread(target=run)
     worker.start()

@@ -5,8 +5,9 @@
                                   [--dev-fraction 0.15] [--dev-pairs 16] [--out trials.jsonl]
 
 Trains the config (with `--set` overrides) in this process for `--minutes` of wall clock, with
-the training step of `adaray.train.train_loop_per_worker` (same model, loss, AdamW, clipping,
-data) and its warm-up, but a cosine decay over the elapsed fraction of the budget instead of
+the training setup and step of `adaray.train.train_loop_per_worker` (`build_components`,
+`train_step`: same model, loss, AdamW, clipping, data) and its warm-up, but a cosine decay over
+the elapsed fraction of the budget instead of
 over `max_steps`: settings whose steps cost more (bigger patches) get fewer of them, as they
 would in a recipe of fixed length. Then scores the model with `adaray.train.validate`
 (val_score, Qabf, VIF, SSIM, ...) and prints one JSON line (appended to `--out` when given).
@@ -29,27 +30,22 @@ import argparse
 import fcntl
 import json
 import os
-import random
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from adaray import REPO_ROOT
+from adaray import SOURCE_TREE, shipped_path
 from adaray.checkpoint import save_model
 from adaray.data.dataset import FusionPairDataset
 from adaray.data.pairs import ImagePair, discover_pairs, split_pairs, split_score
-from adaray.losses import FusionLoss
-from adaray.model import AdaSFFuse
-from adaray.runtime import configure_allocator
 from adaray.train import (
-    build_optimizer,
+    build_components,
     endless_batches,
     load_train_config,
-    optimizer_step,
+    prepare_process,
+    train_step,
     validate,
     warmup_cosine_factor,
 )
@@ -81,34 +77,25 @@ def main() -> None:
     parser.add_argument("--save", help="write the trained model file here")
     args = parser.parse_args()
 
-    data = os.environ.get("ADARAY_SHARED_DATA", REPO_ROOT.parent / "shared" / "data" / "fusion")
-    config = args.config or REPO_ROOT / "configs" / f"{args.task}.yaml"
-    cfg = load_train_config(config, [f"task={args.task}", f"data.root={data}", *args.set])
-    configure_allocator()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    pairs = discover_pairs(cfg.data.root, cfg.task, a_dir=cfg.data.a_dir, b_dir=cfg.data.b_dir)
+    data = os.environ.get("ADARAY_SHARED_DATA", SOURCE_TREE.parent / "shared" / "data" / "fusion")
+    config = args.config or shipped_path("configs", f"{args.task}.yaml")
+    cfg = load_train_config(config, [f"task={args.task}", *args.set])
+    prepare_process(args.threads, cfg.seed)
+    pairs = discover_pairs(data, cfg.task, a_dir=cfg.data.a_dir, b_dir=cfg.data.b_dir)
     train_pairs, dev_pairs = dev_split(pairs, cfg.data.val_fraction, args.dev_fraction,
                                        args.dev_pairs)
     train_set = FusionPairDataset(train_pairs, cfg.data.patch_size, train=True,
                                   cache=cfg.data.cache)
     dev_set = FusionPairDataset(dev_pairs, train=False, cache=cfg.data.cache)
-    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True)
-    model = AdaSFFuse(cfg.model)
-    loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
-
-    batches = endless_batches(loader, world_size=1)
     budget_s, step, losses = args.minutes * 60, 0, []
     started = time.perf_counter()
-    optimizer, scheduler = build_optimizer(  # the lr follows the clock
-        model, cfg, lambda index: warmup_cosine_factor(
+    parts = build_components(  # the lr follows the clock
+        cfg, datasets=(train_set, dev_set), schedule=lambda index: warmup_cosine_factor(
             index, (time.perf_counter() - started) / budget_s, cfg.optim))
+    model = parts.model
+    batches = endless_batches(parts.loader, world_size=1)
     while time.perf_counter() - started < budget_s:
-        batch = next(batches)
-        loss, _ = loss_fn(model(batch["a"], batch["b"]), batch["a"], batch["b"])
-        optimizer_step(loss, model, optimizer, scheduler, cfg.optim.grad_clip)
+        loss, _, _ = train_step(parts, next(batches), cfg.optim.grad_clip)
         losses.append(loss.item())
         step += 1
         if step % 50 == 0:

@@ -2,8 +2,9 @@
 
     python bench/serving.py [--paper-model] [--requests 48] [--concurrency 1 4 16]
 
-Starts a local Ray, deploys serve/app.py on loopback with one model replica (1 CPU) serving a
-model file made here (the tiny test model, or the paper's with --paper-model), and posts a real
+Starts a local Ray, deploys the Serve app (adaray.serving.app) on loopback with one model
+replica (1 CPU) serving a model file made here (the tiny test model, or the paper's with
+--paper-model), and posts a real
 256x256 pair (samples/MIF, CT + MRI) at each concurrency, with batching on (max_batch_size 8)
 and off (1). Prints p50/p95 latency, requests/s and the ratio of p50 to the in-process
 `fuse_arrays` time of the same model and inputs on one thread (the replica's allotment).
@@ -15,7 +16,6 @@ import argparse
 import concurrent.futures
 import socket
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,15 +23,12 @@ from pathlib import Path
 import requests
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from adaray.checkpoint import save_model  # noqa: E402
-from adaray.data import discover_pairs, read_image  # noqa: E402
-from adaray.fusion import fuse_arrays  # noqa: E402
-from adaray.model import AdaSFFuse, ModelConfig  # noqa: E402
-from adaray.runtime import configure_allocator, init_ray  # noqa: E402
-from adaray.serving import serve_env_vars  # noqa: E402
+from adaray import shipped_path
+from adaray.checkpoint import save_model
+from adaray.data import discover_pairs, read_image
+from adaray.fusion import fuse_arrays
+from adaray.model import AdaSFFuse, ModelConfig
+from adaray.runtime import configure_allocator, init_ray
 
 TINY = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8, chunk_size=16)
 
@@ -76,13 +73,13 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import build_application
+    from adaray.serving.app import build_application
 
     configure_allocator()
     torch.manual_seed(0)
     config = ModelConfig() if args.paper_model else TINY
     model = AdaSFFuse(config).eval()
-    pair = discover_pairs(REPO / "samples" / "MIF", "mif")[0]
+    pair = discover_pairs(shipped_path("samples", "MIF"), "mif")[0]
     a, b = read_image(pair.a_path), read_image(pair.b_path)
     assert a.shape[:2] == (256, 256), a.shape
     files = {"a": (pair.a_path.name, pair.a_path.read_bytes()),
@@ -101,7 +98,7 @@ def main() -> None:
           f"{forward_ms:.1f} ms median of {len(local)}")
 
     port = _free_port()
-    init_ray(serve_env_vars(), logging_level="ERROR")
+    init_ray(logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     print("\n| batching | concurrency | p50 ms | p95 ms | req/s | p50 / forward | max batch |")

@@ -4,8 +4,9 @@
                           [--steps 40] [--workers 1 2] [--poll-intervals default 0.2]
                           [--set KEY=VALUE ...] [--verbose]
 
-The bare loop is the training step of `adaray.train.train_loop_per_worker` (same model, loss,
-optimizer, schedule, data loader and thread count) without Ray, validation or tracking. The
+The bare loop runs the training setup and step of `adaray.train.train_loop_per_worker`
+(`build_components` and `train_step`: same model, loss, optimizer, schedule, data loader and
+thread count) without Ray, validation or tracking. The
 Ray Train runs use `adaray.train.build_trainer` with one validation and checkpoint at the end.
 
 Per-step rates exclude fixed start-up costs: the bare loop drops its first `--warmup` steps;
@@ -30,24 +31,26 @@ import argparse
 import itertools
 import os
 import platform
-import random
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from adaray.data import build_datasets
-from adaray.losses import FusionLoss
-from adaray.model import AdaSFFuse
+from adaray import shipped_path
 from adaray.runtime import configure_allocator
-from adaray.train import TrainConfig, build_optimizer, load_train_config, optimizer_step
+from adaray.train import (
+    RunSettings,
+    TrainConfig,
+    build_components,
+    endless_batches,
+    load_config,
+    prepare_process,
+    train_step,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"  # read by the controller (driver propagates it)
 
 
@@ -63,36 +66,18 @@ class Row:
     batch_per_worker: float  # mean samples per step and worker (small data: partial batches)
 
 
-def bare_loop(cfg: TrainConfig, warmup: int) -> Row:
+def bare_loop(cfg: TrainConfig, run: RunSettings, warmup: int) -> Row:
     """The loop's training step without Ray: returns the steady-state rate after `warmup`."""
     start = time.perf_counter()
-    torch.set_num_threads(cfg.cpus_per_worker)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    random.seed(cfg.seed)
-    train_set, _ = build_datasets(cfg.data.root, cfg.task, cfg.data, check=False)
-    loader = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
-                        drop_last=len(train_set) >= cfg.data.batch_size,
-                        num_workers=cfg.data.num_workers)
-    model = AdaSFFuse(cfg.model)
-    model.train()
-    optimizer, scheduler = build_optimizer(model, cfg)
-    loss_fn = FusionLoss(cfg.loss.resolved(cfg.task))
-
-    def batches():
-        while True:
-            yield from loader
-
-    stream = batches()
+    prepare_process(run.cpus_per_worker, cfg.seed)
+    parts = build_components(cfg, root=run.data, check=False)
+    batches = endless_batches(parts.loader, world_size=1)
     samples, timed_from, loss = 0, time.perf_counter(), torch.tensor(float("nan"))
     for step in range(cfg.max_steps):
         if step == warmup:
             timed_from, samples = time.perf_counter(), 0
-        batch = next(stream)
-        a, b = batch["a"], batch["b"]
-        loss, _ = loss_fn(model(a, b).float(), a, b)
-        optimizer_step(loss, model, optimizer, scheduler, cfg.optim.grad_clip)
-        samples += a.shape[0]
+        loss, _, batch_size = train_step(parts, next(batches), cfg.optim.grad_clip)
+        samples += batch_size
     end = time.perf_counter()
     timed = max(end - timed_from, 1e-9)
     return Row("bare PyTorch loop", None, cfg.max_steps, end - start,
@@ -100,7 +85,8 @@ def bare_loop(cfg: TrainConfig, warmup: int) -> Row:
                samples / (cfg.max_steps - warmup))
 
 
-def ray_train(cfg: TrainConfig, workers: int, workdir: Path, label: str) -> Row:
+def ray_train(cfg: TrainConfig, run: RunSettings, workers: int, workdir: Path,
+              label: str) -> Row:
     """One Ray Train run; steady-state rates from the timestamps and samples_per_s of its
     MLflow reports (first window and final validating report left out)."""
     import mlflow
@@ -108,11 +94,9 @@ def ray_train(cfg: TrainConfig, workers: int, workdir: Path, label: str) -> Row:
     from adaray import tracking
     from adaray.train import build_trainer
 
-    cfg.workers = workers
-    cfg.name = f"bench-{workers}w-{os.getpid()}-{time.time_ns()}"
-    cfg.workdir = str(workdir)
-    cfg.storage = str(workdir / "runs")
-    trainer = build_trainer(cfg)
+    run = replace(run, workers=workers, name=f"bench-{workers}w-{os.getpid()}-{time.time_ns()}",
+                  workdir=str(workdir), storage=str(workdir / "runs"))
+    trainer = build_trainer(cfg, run)
     start = time.perf_counter()
     result = trainer.fit()
     wall = time.perf_counter() - start
@@ -120,9 +104,9 @@ def ray_train(cfg: TrainConfig, workers: int, workdir: Path, label: str) -> Row:
     client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(workdir))
     experiment = client.get_experiment_by_name(tracking.experiment_name(cfg.task))
     runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.run_name = '{cfg.name}'")
+                              filter_string=f"tags.run_name = '{run.name}'")
     if not runs:
-        raise RuntimeError(f"no MLflow run named {cfg.name} in {tracking.tracking_uri(workdir)}")
+        raise RuntimeError(f"no MLflow run named {run.name} in {tracking.tracking_uri(workdir)}")
     history = sorted(client.get_metric_history(runs[0].info.run_id, "samples_per_s"),
                      key=lambda m: m.step)
     # Report i is logged (timestamp, rank 0) just before ray.train.report; window i covers
@@ -170,10 +154,10 @@ def print_table(rows: list[Row]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(REPO / "configs" / "tiny.yaml"),
+    parser.add_argument("--config", default=str(shipped_path("configs", "tiny.yaml")),
                         help="TrainConfig YAML (default: configs/tiny.yaml)")
     parser.add_argument("--task", default="ivf")
-    parser.add_argument("--data", default=str(REPO / "samples"), help="data folder")
+    parser.add_argument("--data", default=str(shipped_path("samples")), help="data folder")
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     parser.add_argument("--warmup", type=int, default=3, help="bare-loop steps not timed")
     parser.add_argument("--log-every", type=int, default=5,
@@ -192,15 +176,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be larger than --warmup")
 
     configure_allocator()
-    overrides = [f"task={args.task}", f"data.root={Path(args.data).resolve()}",
+    overrides = [f"task={args.task}", f"run.data={Path(args.data).resolve()}",
                  f"max_steps={args.steps}", f"log_every={args.log_every}",
                  f"val_every={args.steps}", f"ckpt_every={args.steps}", *args.set]
-    cfg = load_train_config(args.config, overrides)
-    cfg.validate()
-    needed = max(args.workers) * cfg.cpus_per_worker
-    print(f"config {args.config} + {overrides[3:]}; data {cfg.data.root}; batch "
+    cfg, run = load_config(args.config, overrides)
+    needed = max(args.workers) * run.cpus_per_worker
+    print(f"config {args.config} + {overrides[3:]}; data {run.data}; batch "
           f"{cfg.data.batch_size} x {cfg.data.patch_size}px per worker; torch "
-          f"{torch.__version__} ({cfg.cpus_per_worker} thread(s) per worker); "
+          f"{torch.__version__} ({run.cpus_per_worker} thread(s) per worker); "
           f"{os.cpu_count()} cores, {platform.machine()}", flush=True)
     if (os.cpu_count() or 1) < needed:
         print(f"note: {needed} worker CPUs on {os.cpu_count()} cores: workers share cores",
@@ -208,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[Row] = []
     if not args.skip_bare:
-        rows.append(bare_loop(load_train_config(args.config, overrides), args.warmup))
+        rows.append(bare_loop(cfg, run, args.warmup))
         print(f"bare loop done: {rows[-1].steps_per_s:.2f} steps/s", flush=True)
 
     import ray
@@ -234,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                     os.environ[POLL_ENV] = str(float(interval))
                     label = f"Ray Train, poll {float(interval):g} s"
                 for workers in args.workers:
-                    row = ray_train(load_train_config(args.config, overrides), workers,
+                    row = ray_train(cfg, run, workers,
                                     Path(tmp) / f"w{workers}-{interval}", label)
                     rows.append(row)
                     print(f"{label}, {workers} worker(s) done: fit {row.wall_s:.1f} s",

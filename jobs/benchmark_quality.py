@@ -9,7 +9,8 @@ on a filesystem shared by the nodes.
 import argparse
 import sys
 
-from adaray.cli import add_quality_arguments, cmd_benchmark_quality, main_guarded
+from adaray.cli import main_guarded
+from adaray.cli.evaluation import add_quality_arguments, cmd_benchmark_quality
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

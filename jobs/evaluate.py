@@ -8,7 +8,8 @@ workers that fuse, so it must be on a shared filesystem on a cluster.
 import argparse
 import sys
 
-from adaray.cli import add_evaluate_arguments, cmd_evaluate, main_guarded
+from adaray.cli import main_guarded
+from adaray.cli.evaluation import add_evaluate_arguments, cmd_evaluate
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -7,7 +7,8 @@ otherwise.
 import argparse
 import sys
 
-from adaray.cli import add_train_arguments, main_guarded, train_from_args
+from adaray.cli import main_guarded
+from adaray.cli.training import add_train_arguments, train_from_args
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

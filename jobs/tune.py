@@ -8,7 +8,8 @@ reachable from every node (`--storage s3://...` or a shared filesystem).
 import argparse
 import sys
 
-from adaray.cli import add_tune_arguments, cmd_tune, main_guarded
+from adaray.cli import main_guarded
+from adaray.cli.training import add_tune_arguments, cmd_tune
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

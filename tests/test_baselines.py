@@ -10,8 +10,8 @@ from conftest import SAMPLES
 from adaray.baselines import LUMA_FUSERS, fuse_dwt, fuse_laplacian, get_baseline
 from adaray.data import discover_pairs, read_image
 from adaray.fusion import fuse_arrays
+from adaray.loading import load_model_from
 from adaray.metrics import evaluate_images
-from adaray.tracking import load_model_from
 
 FOLDERS = {"ivf": "IVF", "mef": "MEF", "mff": "MFF", "mif": "MIF"}
 

@@ -109,7 +109,7 @@ def test_fuse_with_a_trained_model_file_matches_the_library(tmp_path):
 @pytest.mark.parametrize("task", ["ivf", "mef", "mff", "mif"])
 def test_fuse_without_a_model_uses_the_shipped_one_and_saves_its_weights(task, tmp_path,
                                                                          capsys):
-    from adaray.checkpoint import SHIPPED_MODELS, load_model
+    from adaray.checkpoint import load_model, shipped_model
     from adaray.data import discover_pairs
     from adaray.fusion import fuse_with_weights
 
@@ -117,7 +117,7 @@ def test_fuse_without_a_model_uses_the_shipped_one_and_saves_its_weights(task, t
     out = tmp_path / "fused.png"
     assert main(["fuse", str(pair.a_path), str(pair.b_path), "-o", str(out), "--task", task,
                  "--save-weights"]) == 0
-    shipped = SHIPPED_MODELS / f"{task}.pt"
+    shipped = shipped_model(task)
     assert f"fusing with the shipped {task} model {shipped}" in capsys.readouterr().err
     payload = torch.load(shipped, weights_only=True)  # plain tensors and config: no pickle code
     assert payload["meta"]["task"] == task and payload["model_config"]["head"] != "pixels"

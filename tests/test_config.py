@@ -1,4 +1,5 @@
-"""Typed configs: overrides, TrainConfig loading, shipped YAMLs, README reference in sync."""
+"""Typed configs: overrides, TrainConfig and RunSettings loading, validation on construction,
+shipped YAMLs, README reference in sync."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ from adaray.data import DataConfig
 from adaray.losses import LossConfig
 from adaray.model import ModelConfig
 from adaray.serving import ServeConfig
-from adaray.train import OptimConfig, TrainConfig, ValConfig, load_train_config, lr_factor
+from adaray.train import (
+    OptimConfig,
+    RunSettings,
+    TrainConfig,
+    ValConfig,
+    load_config,
+    load_train_config,
+    lr_factor,
+)
 from adaray.tune import SweepConfig
 
-CONFIG_CLASSES = (TrainConfig, ModelConfig, LossConfig, DataConfig, OptimConfig, ValConfig,
-                  SweepConfig, ServeConfig)
+CONFIG_CLASSES = (TrainConfig, RunSettings, ModelConfig, LossConfig, DataConfig, OptimConfig,
+                  ValConfig, SweepConfig, ServeConfig)
 
 
 def test_overrides_parse_yaml_values_and_nest():
@@ -40,12 +49,43 @@ def test_overrides_parse_yaml_values_and_nest():
         (["task=xyz"], "task"),
         (["optim.lr=-1"], "lr"),
         (["val.metrics=[Qabf, NOPE]"], "metrics"),
-        (["placement_strategy=ANYWHERE"], "placement_strategy"),
+        (["run.placement_strategy=ANYWHERE"], "run.placement_strategy"),
+        (["run.workers=0"], "run.workers"),
+        (["workers=2"], "unknown field workers"),  # a run setting, under run:
     ],
 )
 def test_bad_train_config_names_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
-        load_train_config(None, overrides)
+        load_config(None, overrides)
+
+
+def test_run_settings_are_apart_from_the_hyperparameters(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("max_steps: 7\nrun:\n  workers: 3\n  workdir: w\n")
+    cfg, run = load_config(path, ["run.name=r1", "optim.lr=0.01"])
+    assert (cfg.max_steps, cfg.optim.lr) == (7, 0.01)
+    assert (run.workers, run.workdir, run.name) == (3, "w", "r1")
+    assert load_train_config(path) == dataclasses.replace(cfg, optim=OptimConfig())
+    path.write_text("run:\n  cpus_per_worker: 0\n")
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: run\.cpus_per_worker: must be >= 1"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("cls", CONFIG_CLASSES)
+def test_configs_validate_when_built_and_are_derived_by_replace(cls):
+    """A config object that exists is valid: bad values fail in the constructor and in
+    dataclasses.replace, and fields cannot be assigned afterwards."""
+    bad = {TrainConfig: {"max_steps": 0}, RunSettings: {"workers": 0},
+           ModelConfig: {"channels": 6}, LossConfig: {"w_int": -1.0},
+           DataConfig: {"batch_size": 0}, OptimConfig: {"lr": 0.0},
+           ValConfig: {"metrics": ["NOPE"]}, SweepConfig: {"reduction_factor": 1},
+           ServeConfig: {"tasks": []}}[cls]
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        cls(**bad)
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        dataclasses.replace(cls(), **bad)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cls(), next(iter(bad)), 1)
 
 
 @pytest.mark.parametrize("name", ["ivf", "mef", "mff", "mif", "tiny", "paper/ivf", "paper/mef",
@@ -57,7 +97,8 @@ def test_shipped_configs_load(name):
     if name.startswith("paper/"):
         assert cfg.model == ModelConfig()  # the paper's defaults
     elif name != "tiny":  # a CPU recipe: the one small model, sized for 2 cores
-        assert (cfg.model.channels, cfg.cpus_per_worker) == (32, 2)
+        run = load_config(REPO / "configs" / f"{name}.yaml")[1]
+        assert (cfg.model.channels, run.cpus_per_worker) == (32, 2)
 
 
 def test_learning_rate_warms_up_then_decays_to_the_floor():

@@ -142,7 +142,7 @@ def test_demo_and_sweep_beside_a_foreign_ray_finish_and_leave_no_placement_group
     space.write_text(yaml.safe_dump(SEQUENTIAL_SPACE))
     sweep_command = [ADARAY, "tune", "--task", "ivf", "--data", str(SAMPLES), "--config",
                      str(REPO / "configs" / "tiny.yaml"), "--space", str(space),
-                     "--set", f"workdir={tmp_path / 'sweep-work'}", "--set", "val_every=5",
+                     "--set", f"run.workdir={tmp_path / 'sweep-work'}", "--set", "val_every=5",
                      "--set", "ckpt_every=5", "--name", "beside-foreign"]
     sweep_env = ray_cluster.env()
     sweep_env.pop("MLFLOW_TRACKING_URI", None)

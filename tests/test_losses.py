@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -127,8 +129,7 @@ def test_focus_target_takes_the_sharper_source_where_it_is_sharper():
     inner = (slice(None), slice(None), slice(4, -4))
     torch.testing.assert_close(target[..., :20][inner], sharp[..., :20][inner])
     torch.testing.assert_close(target[..., 28:][inner], sharp[..., 28:][inner])
-    cfg = LossConfig.for_task("mff")
-    cfg.intensity_target = "focus"
+    cfg = dataclasses.replace(LossConfig.for_task("mff"), intensity_target="focus")
     _, terms = FusionLoss(cfg)(target, a, b)
     assert terms["int"].item() == 0.0
 
@@ -157,8 +158,7 @@ def test_vif_term_is_added_only_when_weighted(pair):
     cfg = LossConfig.for_task("ivf")
     plain, terms = FusionLoss(cfg)(a, a, b)
     assert "vif" not in terms
-    cfg.w_vif = 4.0
-    weighted, terms = FusionLoss(cfg)(a, a, b)
+    weighted, terms = FusionLoss(dataclasses.replace(cfg, w_vif=4.0))(a, a, b)
     expected = plain.item() + 4 * (1 - terms["vif"].item() / 2)
     assert weighted.item() == pytest.approx(expected, rel=1e-5)
 

@@ -1,11 +1,11 @@
 """The Serve app over real HTTP on loopback, on the session's two-node Ray cluster: no mocks.
 
-One module fixture deploys serve/app.py twice: the main app (route /) serving all four tasks
-from models made here (ivf from the MLflow registry alias `champion` in an embedded store,
-mef and mff from model files, mif from a checkpoint folder), an app at /nochampion configured
-to serve a champion alias that has no version (the 503 case), and an app at /shipped whose task
-has no champion yet, which serves the shipped models/mif.pt instead. Tests call them with
-`requests`, as users do.
+One module fixture deploys the Serve app (adaray.serving.app) three times: the main app
+(route /) serving all four tasks from models made here (ivf from the MLflow registry alias
+`champion` in an embedded store, mef and mff from model files, mif from a checkpoint folder),
+an app at /nochampion configured to serve a champion alias that has no version (the 503 case),
+and an app at /shipped whose task has no champion yet, which serves the shipped models/mif.pt
+instead. Tests call them with `requests`, as users do.
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ from adaray import tracking
 from adaray.checkpoint import MODEL_FILENAME, save_model
 from adaray.data import discover_pairs, read_image
 from adaray.fusion import fuse_arrays
+from adaray.loading import load_model_from
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.runtime import ray_runtime_env
-from adaray.serving import serve_env_vars
 
 TINY_MODEL = ModelConfig(channels=8, n_hi=1, n_lo=1, n_fuse=1, d_state=8, headdim=8,
                          chunk_size=16)
@@ -71,8 +71,7 @@ class Served:
 def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
     from ray import serve
 
-    sys.path.insert(0, str(REPO))
-    from serve.app import build_application
+    from adaray.serving.app import build_application
 
     root = tmp_path_factory.mktemp("serve")
     workdir = root / "work"
@@ -100,7 +99,7 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
                               "ray_actor_options": {"num_cpus": 0.5}},
              "FusionAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}}
     port = free_port()
-    with ray_cluster.driver(runtime_env=ray_runtime_env(serve_env_vars())):
+    with ray_cluster.driver(runtime_env=ray_runtime_env()):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             serve.run(build_application(args, small), name="adaray", route_prefix="/")
@@ -133,7 +132,7 @@ def test_round_trip_equals_local_fusion(served, task):
     source_a, source_b = read_image(a), read_image(b)
     assert fused.shape[:2] == source_a.shape[:2]
     # The same model, loaded and run locally through `adaray fuse`'s path.
-    model = tracking.load_model_from(served.sources[task], tracking.tracking_uri(served.workdir))
+    model = load_model_from(served.sources[task], tracking.tracking_uri(served.workdir))
     local = np.rint(np.clip(fuse_arrays(model, source_a, source_b), 0, 1) * 255)
     remote = fused[:, :, ::-1] if fused.ndim == 3 else fused  # OpenCV decodes BGR
     assert remote.shape == local.shape
@@ -178,9 +177,9 @@ def test_models_and_health_endpoints(served):
 
 @SERVE_TIMEOUT
 def test_a_task_without_champion_serves_its_shipped_model(served):
-    from adaray.checkpoint import SHIPPED_MODELS, load_model
+    from adaray.checkpoint import load_model, shipped_model
 
-    shipped = SHIPPED_MODELS / "mif.pt"
+    shipped = shipped_model("mif")
     before = requests.get(f"{served.url}/shipped/models", timeout=30).json()["models"]["mif"]
     assert before == {"source": str(shipped), "loaded": False, "version": None, "score": None,
                       "instead_of": "models:/adasffuse-mif@champion"}
@@ -340,8 +339,9 @@ def test_killed_model_replica_is_restarted(served, ray_cluster):
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("launcher", ["adaray serve", "serve run"])
 def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launcher, tmp_path):
-    """`adaray serve --config` and Ray's `serve run CONFIG` (from the repository root, as
-    README says) both serve serve/config.yaml's app and stop their Ray on SIGTERM."""
+    """`adaray serve --config` and Ray's `serve run CONFIG`, started outside the checkout (the
+    app's import_path points into the installed package), both serve serve/config.yaml's app
+    and stop their Ray on SIGTERM."""
     import yaml
 
     model = save_model(tmp_path / "model.pt", _tiny_model(5))
@@ -360,7 +360,7 @@ def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launch
                if launcher == "adaray serve" else
                [str(Path(sys.executable).parent / "serve"), "run", str(path)])
     log = tmp_path / "serve.log"
-    with own_ray_process(command, log, "adaray-sv-", cwd=REPO) as (process, ray_tmp):
+    with own_ray_process(command, log, "adaray-sv-", cwd=tmp_path) as (process, ray_tmp):
         def healthy() -> bool:
             assert process.poll() is None, log.read_text()[-3000:]
             try:

@@ -22,9 +22,10 @@ from adaray import tracking
 from adaray.config import to_dict
 from adaray.data.io import read_image
 from adaray.errors import ConfigError
+from adaray.loading import load_logged_model
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.serving import ServeConfig
-from adaray.tracking import Tracker, flatten, load_logged_model
+from adaray.tracking import Tracker, flatten
 
 LOGGER = "adaray.tracking"
 

@@ -28,8 +28,10 @@ from ray_cluster import latest_checkpoint_step, process_alive, wait_for
 
 from adaray import tracking
 from adaray.checkpoint import MODEL_FILENAME, load_model
+from adaray.config import to_dict
+from adaray.loading import load_logged_model
 from adaray.model import AdaSFFuse
-from adaray.train import STATE_FILENAME, TrainConfig, build_trainer, load_train_config
+from adaray.train import STATE_FILENAME, RunSettings, TrainConfig, build_trainer, load_config
 
 TINY = REPO / "configs" / "tiny.yaml"
 BIN = Path(sys.executable).parent
@@ -45,26 +47,27 @@ def ivf_data() -> Path:
     return real if real.is_dir() else SAMPLES
 
 
-def tiny_config(tmp_path: Path, name: str, *overrides: str, data: Path = SAMPLES) -> TrainConfig:
+def tiny_config(tmp_path: Path, name: str, *overrides: str,
+                data: Path = SAMPLES) -> tuple[TrainConfig, RunSettings]:
     """The tiny config for task ivf on `data`, working in tmp_path (MLflow store, storage)."""
-    return load_train_config(TINY, ["task=ivf", f"data.root={data}", f"name={name}",
-                                    f"workdir={tmp_path / 'work'}",
-                                    f"storage={tmp_path / 'runs'}", *overrides])
+    return load_config(TINY, ["task=ivf", f"run.data={data}", f"run.name={name}",
+                              f"run.workdir={tmp_path / 'work'}",
+                              f"run.storage={tmp_path / 'runs'}", *overrides])
 
 
-def mlflow_client(cfg: TrainConfig) -> Any:
+def mlflow_client(run: RunSettings) -> Any:
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(cfg.workdir))
+    return mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(run.workdir))
 
 
-def find_run(client: Any, cfg: TrainConfig) -> Any:
-    """The one MLflow run of `cfg.name` (the Tracker tags it run_name)."""
+def find_run(client: Any, cfg: TrainConfig, run: RunSettings) -> Any:
+    """The one MLflow run of `run.name` (the Tracker tags it run_name)."""
     experiment = client.get_experiment_by_name(tracking.experiment_name(cfg.task))
     assert experiment is not None, "the training run created no MLflow experiment"
     runs = client.search_runs([experiment.experiment_id],
-                              filter_string=f"tags.run_name = '{cfg.name}'")
-    assert len(runs) == 1, f"expected one MLflow run named {cfg.name}, found {len(runs)}"
+                              filter_string=f"tags.run_name = '{run.name}'")
+    assert len(runs) == 1, f"expected one MLflow run named {run.name}, found {len(runs)}"
     return runs[0]
 
 
@@ -73,8 +76,8 @@ def history(client: Any, run_id: str, key: str) -> list[Any]:
     return sorted(client.get_metric_history(run_id, key), key=lambda m: (m.timestamp, m.step))
 
 
-def run_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.storage) / cfg.name
+def run_dir(run: RunSettings) -> Path:
+    return Path(run.storage) / run.name
 
 
 # ----------------------------------------------------------------------------- DDP, SPREAD
@@ -82,10 +85,10 @@ def run_dir(cfg: TrainConfig) -> Path:
 
 @RAY_TIMEOUT
 def test_ddp_two_workers_real_pairs(ray_cluster, ivf_data, tmp_path):
-    cfg = tiny_config(tmp_path, "ddp", "workers=2", "max_steps=40", "log_every=2",
-                      "val_every=20", "ckpt_every=20", data=ivf_data)
+    cfg, settings = tiny_config(tmp_path, "ddp", "run.workers=2", "max_steps=40",
+                                "log_every=2", "val_every=20", "ckpt_every=20", data=ivf_data)
     with ray_cluster.driver():
-        result = build_trainer(cfg).fit()
+        result = build_trainer(cfg, settings).fit()
 
     # Completed, replicas identical: replica_divergence is max |param - rank 0's param| over
     # all ranks (broadcast + all_reduce), computed by both ranks at every checkpoint.
@@ -100,6 +103,8 @@ def test_ddp_two_workers_real_pairs(ray_cluster, ivf_data, tmp_path):
     state = torch.load(folder / STATE_FILENAME, weights_only=True)
     assert state["step"] == 40 and state["mlflow_run_id"]
     assert {"model", "optimizer", "scheduler", "rng", "config", "best_score"} <= set(state)
+    # The hyperparameters only: no run settings, no paths of this machine.
+    assert state["config"] == to_dict(cfg) and str(tmp_path) not in str(state["config"])
     payload = torch.load(folder / MODEL_FILENAME, weights_only=True)
     model = load_model(folder)
     assert isinstance(model, AdaSFFuse) and not model.training
@@ -111,11 +116,11 @@ def test_ddp_two_workers_real_pairs(ray_cluster, ivf_data, tmp_path):
     assert fused.shape == (1, 1, 32, 32) and torch.isfinite(fused).all()
 
     # MLflow: one finished run with params, tags, metrics, validation grids and the model.
-    client = mlflow_client(cfg)
-    run = find_run(client, cfg)
+    client = mlflow_client(settings)
+    run = find_run(client, cfg, settings)
     assert run.info.run_id == state["mlflow_run_id"]
     assert run.info.status == "FINISHED"
-    assert run.data.params["max_steps"] == "40" and run.data.params["workers"] == "2"
+    assert run.data.params["max_steps"] == "40" and run.data.params["run.workers"] == "2"
     assert run.data.tags["world_size"] == "2" and run.data.tags["task"] == "ivf"
     assert len(run.data.tags["ray_nodes"].split(",")) == 2
     assert {"loss", "lr", "samples_per_s", "val_score", "replica_divergence"} <= set(
@@ -124,8 +129,8 @@ def test_ddp_two_workers_real_pairs(ray_cluster, ivf_data, tmp_path):
     artifacts = all_artifacts(client, run.info.run_id)
     assert {"val/step_0000020.png", "val/step_0000040.png", "model/model.pt",
             "model/model_config.yaml"} <= set(artifacts)
-    logged = tracking.load_logged_model(f"runs:/{run.info.run_id}/model",
-                                        tracking.tracking_uri(cfg.workdir))
+    logged = load_logged_model(f"runs:/{run.info.run_id}/model",
+                               tracking.tracking_uri(settings.workdir))
     assert all(torch.equal(logged.state_dict()[k], v) for k, v in payload["state_dict"].items())
 
     # Learning: loss at the end below loss at the start (means of the first and last quarter
@@ -143,13 +148,14 @@ def test_ddp_two_workers_real_pairs(ray_cluster, ivf_data, tmp_path):
 
 @RAY_TIMEOUT
 def test_spread_places_workers_on_two_nodes(ray_cluster, tmp_path):
-    cfg = tiny_config(tmp_path, "spread", "workers=2", "placement_strategy=SPREAD",
-                      "max_steps=4", "log_every=2", "ckpt_every=4")
+    cfg, settings = tiny_config(tmp_path, "spread", "run.workers=2",
+                                "run.placement_strategy=SPREAD", "max_steps=4", "log_every=2",
+                                "ckpt_every=4")
     with ray_cluster.driver():
         node_ids = set(ray_cluster.node_ids())
-        result = build_trainer(cfg).fit()
+        result = build_trainer(cfg, settings).fit()
     assert result.metrics["step"] == 4
-    run = find_run(mlflow_client(cfg), cfg)
+    run = find_run(mlflow_client(settings), cfg, settings)
     placed = run.data.tags["ray_nodes"].split(",")
     assert len(placed) == 2 and len(set(placed)) == 2, placed
     assert set(placed) <= node_ids
@@ -160,13 +166,13 @@ def test_spread_places_workers_on_two_nodes(ray_cluster, tmp_path):
 
 @RAY_TIMEOUT
 def test_worker_kill_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
-    cfg = tiny_config(tmp_path, "wkill", "workers=2", "max_steps=30", "log_every=2",
-                      "val_every=10", "ckpt_every=10")
+    cfg, settings = tiny_config(tmp_path, "wkill", "run.workers=2", "max_steps=30",
+                                "log_every=2", "val_every=10", "ckpt_every=10")
     killed: dict[str, Any] = {}
 
     def kill_one_worker() -> None:
         try:
-            killed["ckpt_step"] = wait_for(lambda: latest_checkpoint_step(run_dir(cfg)), 180,
+            killed["ckpt_step"] = wait_for(lambda: latest_checkpoint_step(run_dir(settings)), 180,
                                            what="first checkpoint")
             workers = ray_cluster.live_actors("RayTrainWorker")
             killed["pid"] = workers[0]["pid"]
@@ -176,7 +182,7 @@ def test_worker_kill_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
             old = {w["pid"] for w in workers}
             with contextlib.suppress(TimeoutError):
                 wait_for(lambda: len([w for w in ray_cluster.live_actors("RayTrainWorker")
-                                      if w["pid"] not in old]) == cfg.workers, 120,
+                                      if w["pid"] not in old]) == settings.workers, 120,
                          interval=0.5, what="a new worker group")
                 killed["regrouped"] = time.time()
         except Exception as exc:  # reported by the main thread
@@ -185,14 +191,14 @@ def test_worker_kill_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
     killer = threading.Thread(target=kill_one_worker, daemon=True)
     with ray_cluster.driver():
         killer.start()
-        result = build_trainer(cfg).fit()
+        result = build_trainer(cfg, settings).fit()
     killer.join(timeout=10)
     assert "error" not in killed, killed.get("error")
     assert "time" in killed, "no worker was killed"
     assert result.metrics["step"] == 30
 
-    client = mlflow_client(cfg)
-    run = find_run(client, cfg)
+    client = mlflow_client(settings)
+    run = find_run(client, cfg, settings)
     assert run.info.status == "FINISHED"
     losses = history(client, run.info.run_id, "loss")
     kill_ms = killed["time"] * 1000
@@ -220,7 +226,8 @@ def test_worker_kill_resumes_from_latest_checkpoint(ray_cluster, tmp_path):
 def _train_command(tmp_path: Path, name: str, *extra: str) -> list[str]:
     return [str(BIN / "adaray"), "train", "--task", "ivf", "--data", str(SAMPLES),
             "--config", str(TINY), "--workers", "1", "--name", name,
-            "--storage", str(tmp_path / "runs"), "--set", f"workdir={tmp_path / 'work'}", *extra]
+            "--storage", str(tmp_path / "runs"), "--set", f"run.workdir={tmp_path / 'work'}",
+            *extra]
 
 
 def _stop_group(process: subprocess.Popen) -> None:
@@ -268,9 +275,9 @@ def test_driver_kill_then_rerun_resumes(ray_cluster, tmp_path):
     assert steps, f"no progress lines in the rerun's output:\n{output[-4000:]}"
     assert steps[0] == ckpt_step + 2, (ckpt_step, steps)  # continues after the checkpoint
 
-    cfg = tiny_config(tmp_path, "drv")
-    client = mlflow_client(cfg)
-    run = find_run(client, cfg)  # the same MLflow run, continued
+    cfg, settings = tiny_config(tmp_path, "drv")
+    client = mlflow_client(settings)
+    run = find_run(client, cfg, settings)  # the same MLflow run, continued
     assert run.info.status == "FINISHED"
     rerun_steps = [m.step for m in history(client, run.info.run_id, "loss")
                    if m.timestamp >= started * 1000]
@@ -285,13 +292,13 @@ def test_mlflow_server_outage_does_not_stop_training(ray_cluster, tmp_path, monk
     try:
         # The driver resolves the URI (tracking.tracking_uri) and passes it to the workers.
         monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
-        cfg = tiny_config(tmp_path, "outage", "max_steps=30", "log_every=2", "ckpt_every=10",
-                          "val_every=10")
+        cfg, settings = tiny_config(tmp_path, "outage", "max_steps=30", "log_every=2",
+                                    "ckpt_every=10", "val_every=10")
         stopped: dict[str, Any] = {}
 
         def stop_server() -> None:
             try:
-                stopped["ckpt_step"] = wait_for(lambda: latest_checkpoint_step(run_dir(cfg)),
+                stopped["ckpt_step"] = wait_for(lambda: latest_checkpoint_step(run_dir(settings)),
                                                 180, what="first checkpoint")
                 server.stop()
                 stopped["time"] = time.time()
@@ -301,7 +308,7 @@ def test_mlflow_server_outage_does_not_stop_training(ray_cluster, tmp_path, monk
         stopper = threading.Thread(target=stop_server, daemon=True)
         with ray_cluster.driver():
             stopper.start()
-            result = build_trainer(cfg).fit()
+            result = build_trainer(cfg, settings).fit()
             time.sleep(1.5)  # the log monitor forwards the workers' last lines
         stopper.join(timeout=30)
         assert "error" not in stopped, stopped.get("error")
@@ -327,7 +334,7 @@ def test_mlflow_server_outage_does_not_stop_training(ray_cluster, tmp_path, monk
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri=server.uri)
-        run = find_run(client, cfg)
+        run = find_run(client, cfg, settings)
         steps = [m.step for m in history(client, run.info.run_id, "loss")]
         assert steps[:5] == [2, 4, 6, 8, 10], steps
     finally:
@@ -345,7 +352,7 @@ def test_ray_job_submit_reaches_succeeded(ray_cluster, tmp_path):
     entrypoint = [sys.executable, str(REPO / "jobs" / "train.py"), "--task", "ivf",
                   "--data", str(SAMPLES), "--config", str(TINY), "--workers", "1",
                   "--name", "job", "--max-steps", "4", "--storage", str(tmp_path / "runs"),
-                  "--set", f"workdir={tmp_path / 'work'}", "--set", "log_every=2",
+                  "--set", f"run.workdir={tmp_path / 'work'}", "--set", "log_every=2",
                   "--set", "ckpt_every=4"]
     command = [str(BIN / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
                "--submission-id", submission_id, "--no-wait", "--", *entrypoint]
@@ -405,7 +412,7 @@ def test_bad_config_fails_before_ray_naming_the_field(case, tmp_path, capsys):
         expected = data
     was_initialized = ray.is_initialized()
     code = main(["train", "--task", "ivf", "--data", data, "--workers", "2",
-                 "--set", f"workdir={tmp_path / 'work'}", *extra])
+                 "--set", f"run.workdir={tmp_path / 'work'}", *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert expected in err, err

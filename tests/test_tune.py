@@ -28,7 +28,8 @@ from ray_cluster import RayTestCluster, latest_checkpoint_step, wait_for
 
 from adaray import tracking
 from adaray.config import ConfigError, to_dict
-from adaray.train import load_train_config
+from adaray.loading import load_logged_model
+from adaray.train import load_config, load_train_config
 from adaray.tune import (
     DISTRIBUTIONS,
     ROLE_TAG,
@@ -80,11 +81,9 @@ def mlflow_server(tmp_path_factory) -> Any:
         server.stop()
 
 
-def base_dict(data: Path = SAMPLES, workdir: Path | None = None) -> dict[str, Any]:
-    overrides = ["task=ivf", f"data.root={data}", *BASE_OVERRIDES]
-    if workdir is not None:
-        overrides.append(f"workdir={workdir}")
-    return to_dict(load_train_config(TINY, overrides))
+def base_dict() -> dict[str, Any]:
+    """The hyperparameters of the test sweeps' base config."""
+    return to_dict(load_train_config(TINY, ["task=ivf", *BASE_OVERRIDES]))
 
 
 def write_space(folder: Path, space: dict[str, Any], name: str = "space.yaml") -> Path:
@@ -130,6 +129,10 @@ def test_shipped_spaces_load_against_their_task_configs(task):
          "params.model: not a TrainConfig field"),
         ({"max_steps": {"type": "choice", "values": [1, 2]}}, {},
          "params.max_steps: set by the sweep itself"),
+        ({"run.workers": {"type": "choice", "values": [1, 2]}}, {},
+         "params.run.workers: a run setting (RunSettings), not a hyperparameter"),
+        ({"storage": {"type": "fixed", "value": "/tmp/x"}}, {},
+         "params.storage: a run setting (RunSettings), not a hyperparameter"),
         ({"model.channels": {"type": "choice", "values": [8, 10]}}, {},
          "params.model.channels: value 10 is invalid"),
         ({"model.n_hi": {"type": "choice", "values": []}}, {},
@@ -198,7 +201,7 @@ def test_bad_space_fails_before_ray_starts(case, tmp_path, capsys):
     was_initialized = ray.is_initialized()
     code = main(["tune", "--task", "ivf", "--data", str(SAMPLES), "--config", str(TINY),
                  "--space", str(space), "--storage", str(tmp_path / "tune"),
-                 "--set", f"workdir={tmp_path / 'work'}"])
+                 "--set", f"run.workdir={tmp_path / 'work'}"])
     err = capsys.readouterr().err
     assert code == 2
     assert f"{space}: {expected}" in err, err
@@ -276,7 +279,7 @@ def test_champion_alias_moves_only_to_a_better_score(tmp_path):
     assert [(v.version, v.score, v.aliases) for v in listed] == [
         (1, 0.30, []), (2, 0.20, []), (3, 0.35, ["champion"])]
     # The champion loads through the registry URI.
-    model = tracking.load_logged_model(f"models:/{name}@champion", tracking_uri=uri)
+    model = load_logged_model(f"models:/{name}@champion", tracking_uri=uri)
     assert model.config.channels == 8
 
     out = subprocess.run([str(BIN / "adaray"), "models", "list", "--workdir", str(tmp_path)],
@@ -309,12 +312,13 @@ def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
     import mlflow
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    base = load_train_config(TINY, ["task=ivf", f"data.root={ivf_data}",
-                                    f"workdir={tmp_path / 'work'}", *BASE_OVERRIDES])
+    base, settings = load_config(TINY, ["task=ivf", f"run.data={ivf_data}",
+                                        f"run.workdir={tmp_path / 'work'}", *BASE_OVERRIDES])
     space = parse_space(SWEEP_SPACE, to_dict(base))
     started = time.monotonic()
     with ray_cluster.driver():
-        result = run_sweep(base, space, name="sweep1", storage=str(tmp_path / "tune"))
+        result = run_sweep(base, settings, space, name="sweep1",
+                           storage=str(tmp_path / "tune"))
     wall = time.monotonic() - started
 
     outcomes = {o.trial_id: o for o in result.outcomes}
@@ -355,8 +359,8 @@ def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
     assert champion.version == result.version.version
     assert champion.score == best.score  # the tag holds the best trial's val_score exactly
     assert champion.run_id == by_trial[best.trial_id].info.run_id
-    assert tracking.load_logged_model("models:/adasffuse-ivf@champion",
-                                      tracking_uri=mlflow_server.uri).config.channels == 8
+    assert load_logged_model("models:/adasffuse-ivf@champion",
+                             tracking_uri=mlflow_server.uri).config.channels == 8
     print(f"\n4-trial sweep: {wall:.0f} s wall, {len(early)} stopped early by ASHA "
           f"(steps {sorted(o.steps for o in early)}), champion adasffuse-ivf version "
           f"{champion.version} with val_score {champion.score:.4f} (trial {best.trial_id})")
@@ -367,7 +371,8 @@ def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
                                "params": {"optim.lr": {"type": "fixed", "value": 1e-3}}},
                               to_dict(base))
     with ray_cluster.driver():
-        worse = run_sweep(base, worse_space, name="sweep2", storage=str(tmp_path / "tune"))
+        worse = run_sweep(base, settings, worse_space, name="sweep2",
+                          storage=str(tmp_path / "tune"))
     assert worse.best is not None and worse.best.score < champion.score
     assert worse.version is not None and worse.version.version == champion.version + 1
     assert not worse.promoted
@@ -378,7 +383,7 @@ def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
 
     # A sweep name is not reused by accident.
     with pytest.raises(ConfigError, match="already exists"):
-        run_sweep(base, worse_space, name="sweep2", storage=str(tmp_path / "tune"))
+        run_sweep(base, settings, worse_space, name="sweep2", storage=str(tmp_path / "tune"))
 
 
 def _experiment_trials(folder: Path) -> dict[str, tuple[str, int]]:
@@ -414,7 +419,7 @@ def test_killed_sweep_driver_resumes_without_rerunning_finished_trials(
         **SWEEP_SPACE["sweep"], "num_samples": 3, "max_concurrent": 1}})
     command = [str(BIN / "adaray"), "tune", "--task", "ivf", "--data", str(ivf_data),
                "--config", str(TINY), "--space", str(space), "--name", "resumable",
-               "--storage", str(tmp_path / "tune"), "--set", f"workdir={tmp_path / 'work'}",
+               "--storage", str(tmp_path / "tune"), "--set", f"run.workdir={tmp_path / 'work'}",
                *[arg for o in BASE_OVERRIDES for arg in ("--set", o)]]
     env = ray_cluster.env(MLFLOW_TRACKING_URI=mlflow_server.uri)
     folder = tmp_path / "tune" / "resumable"

@@ -30,11 +30,10 @@ if TYPE_CHECKING:
 MIN_PATCH_SIZE = 2  # the network accepts any H, W >= 2
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """What the training loop needs to know about its data."""
 
-    root: str | None = None  # folder to discover pairs in (the CLI's --data)
     patch_size: int = 128  # side of the square training patches
     val_fraction: float = 0.1  # share of pairs held out for validation (by hash of group/stem)
     batch_size: int = 4  # training batch size per worker
@@ -43,6 +42,9 @@ class DataConfig:
     b_dir: str | None = None
     max_val_pairs: int | None = None  # cap on validation pairs (lowest hash first)
     cache: bool = True  # keep decoded luma planes in memory
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""

@@ -1,6 +1,6 @@
 """The AdaSFFuse network, its config and its SSD kernels."""
 
-from adaray.model.config import ModelConfig
+from adaray.model.config import HEAD_FIELDS, ModelConfig
 from adaray.model.network import AdaSFFuse
 
-__all__ = ["AdaSFFuse", "ModelConfig"]
+__all__ = ["HEAD_FIELDS", "AdaSFFuse", "ModelConfig"]

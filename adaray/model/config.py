@@ -11,9 +11,11 @@ Head = Literal["pixels", "weights", "pyramid"]
 HEADS: tuple[str, ...] = get_args(Head)
 Detail = Literal["map", "larger"]
 DETAILS: tuple[str, ...] = get_args(Detail)
+# The fields that choose the output head (the rest is the body: blocks, widths, SSD).
+HEAD_FIELDS = ("head", "levels", "per_level_maps", "detail")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """AdaSFFuse hyperparameters; defaults are the paper's (MODEL.md, "Defaults")."""
 
@@ -38,6 +40,9 @@ class ModelConfig:
     # from the source whose coefficient is larger in magnitude ("larger", the classical
     # Laplacian rule), the map then weighting the base only.
     detail: Detail = "map"
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
@@ -79,6 +84,3 @@ class ModelConfig:
                     f"ngroups: {self.ngroups} does not divide the {d_inner // self.headdim} "
                     f"heads of a width-{width} block"
                 )
-
-    def __post_init__(self) -> None:
-        self.validate()

@@ -1,6 +1,7 @@
 """The Ray Serve application: AdaSFFuse behind HTTP.
 
-    serve run serve/config.yaml        # or: adaray serve [--config serve/config.yaml]
+    serve run serve/config.yaml        # import_path: adaray.serving.app:build_app
+    adaray serve [--config serve/config.yaml]
 
 Two deployments. `FusionAPI` is the FastAPI ingress: it parses and checks each request
 (multipart parts, task, sizes, pixel limit) and answers refusals as JSON `{"error": reason}`
@@ -13,6 +14,7 @@ fused in one forward pass. `build_app(args)` builds the application from a `Serv
 
 import asyncio
 import base64
+import os
 import time
 from collections import defaultdict
 from typing import Any
@@ -30,17 +32,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adaray import metrics as fusion_metrics
 from adaray.config import from_dict, to_dict
 from adaray.data.io import encode_png
+from adaray.errors import RequestError
 from adaray.fusion import fuse_batch
-from adaray.serving import (
-    RequestError,
-    ServeConfig,
-    check_output,
-    check_pair,
-    check_task,
-    decode_source,
-    limit_threads,
-    load_task_model,
-)
+from adaray.serving.checks import check_output, check_pair, check_task, decode_source
+from adaray.serving.config import ServeConfig
+from adaray.serving.sources import describe_source, load_task_model
+from adaray.tracking import ModelRegistry
 
 api = FastAPI(title="adaray fusion", version="1",
               description="Fuse two source images with AdaSFFuse (task-generalized fusion).")
@@ -71,12 +68,19 @@ def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _limit_threads() -> None:
+    """Torch threads = the CPUs Ray gave this replica (OMP_NUM_THREADS), not the host's."""
+    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
 @serve.deployment(name="FusionModels")
 class FusionModels:
     """Loads task models on demand (multiplexed by task) and fuses batched requests."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        limit_threads()
+        _limit_threads()
         self.config = from_dict(ServeConfig, config)
         self.loaded: dict[str, dict[str, Any]] = {}  # task -> info of the models held here
         self.fuse_group.set_max_batch_size(self.config.max_batch_size)
@@ -90,10 +94,7 @@ class FusionModels:
             max_num_models_per_replica=self.config.max_models_per_replica)(load)
 
     async def _load(self, task: str) -> tuple[Any, dict[str, Any]]:
-        source = self.config.model_source(task)
-        model, info = await asyncio.to_thread(load_task_model, source,
-                                              self.config.tracking_uri(),
-                                              self.config.fallback_source(task))
+        model, info = await asyncio.to_thread(load_task_model, self.config, task)
         if torch.cuda.is_available():  # a replica given a GPU (ray_actor_options.num_gpus)
             model = model.cuda()
         self.loaded[task] = info
@@ -159,32 +160,22 @@ class FusionAPI:
 
     @api.get("/models")
     async def models_info(self) -> dict[str, Any]:
-        """Per task: the model source served, registered version and score, loaded in a replica
-        or not; `instead_of` names the champion alias a shipped model stands in for."""
-        from adaray.tracking import ModelRegistry, parse_model_uri
-
+        """Per task: the model source served, registered alias, version and score, loaded in a
+        replica or not; `instead_of` names the champion alias a shipped model stands in for."""
         loaded = await self.models.loaded_models.remote()
         registry = None
         answer = {}
         for task in self.config.tasks:
-            source = self.config.model_source(task)
-            entry: dict[str, Any] = {"source": source, "loaded": task in loaded}
-            if task in loaded:
-                entry.update({k: loaded[task][k] for k in ("source", "version", "score",
-                                                           "instead_of") if k in loaded[task]})
-            elif (ref := parse_model_uri(source)) is not None and ref.alias is not None:
-                try:
+            entry: dict[str, Any] = {"source": self.config.model_source(task),
+                                     "loaded": task in loaded}
+            try:
+                if task in loaded:
+                    entry.update(loaded[task])
+                else:
                     registry = registry or ModelRegistry(self.config.tracking_uri())
-                    version = registry.alias_version(ref.name, ref.alias)
-                    fallback = self.config.fallback_source(task)
-                    if version is None and fallback is not None:
-                        entry.update(source=fallback, instead_of=source, version=None,
-                                     score=None)
-                    else:
-                        entry.update(alias=ref.alias, version=version and version.version,
-                                     score=version and version.score)
-                except Exception as exc:  # the registry being down is an answer, not a 500
-                    entry["error"] = f"registry unavailable: {exc}"
+                    entry.update(describe_source(self.config, task, registry))
+            except Exception as exc:  # the registry being down is an answer, not a 500
+                entry["error"] = f"registry unavailable: {exc}"
             answer[task] = entry
         return {"models": answer}
 
@@ -247,7 +238,8 @@ class FusionAPI:
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The application builder of serve/config.yaml (`import_path: serve.app:build_app`):
+    """The application builder of serve/config.yaml (`import_path:
+    adaray.serving.app:build_app`):
     `args` is a ServeConfig dict; `serve run` applies the config's `deployments:` itself."""
     return build_application(args)
 

@@ -1,119 +1,40 @@
-"""MLflow tracking: the only adaray module that imports mlflow (lazily, inside functions).
-
-Where runs go (embedded default, or a server chosen by environment, never by code changes):
-`tracking_uri(workdir)` is MLFLOW_TRACKING_URI when set, else a SQLite file in the work folder;
-`artifact_root(workdir)` keeps the embedded store's artifacts next to it (not in ./mlruns).
+"""`Tracker`: one MLflow run, logged so that a tracking outage never stops training.
 
 `Tracker` logs one run from rank 0 through `mlflow.MlflowClient` (no fluent global state, so
-several Trackers can live in one process). A tracking outage never stops training: every MLflow
-call is guarded, the first failure logs one warning, calls are then skipped until a retry time
-(back-off doubling from `retry_s` to `max_retry_s`), and one info line reports the recovery.
-A request the server answers but rejects (HTTP 4xx: bad name, unknown run) is a warning, not an
-outage. Models are logged as adaray model files (`adaray.checkpoint`), never pickled modules.
+several Trackers can live in one process). Every MLflow call is guarded: the first failure logs
+one warning, calls are then skipped until a retry time (back-off doubling from `retry_s` to
+`max_retry_s`), and one info line reports the recovery. A request the server answers but rejects
+(HTTP 4xx: bad name, unknown run) is a warning, not an outage. Models are logged as adaray model
+files (`adaray.checkpoint`), never pickled modules. Also here: `flatten` (nested params -> MLflow
+params) and `short_error` (one log line for an exception, credentials removed from URLs).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch import nn
 
-from adaray.checkpoint import MODEL_FILENAME, load_model, save_model, unwrap
+from adaray.checkpoint import MODEL_FILENAME, save_model, unwrap
 from adaray.config import dump_yaml
 from adaray.data.io import write_image
-from adaray.errors import AdarayError, ConfigError, InputNotFoundError, ModelFileError
-from adaray.model import AdaSFFuse
+from adaray.tracking.uri import MODEL_ARTIFACT_PATH, set_http_env_defaults
 
-logger = logging.getLogger("adaray.tracking")
+logger = logging.getLogger("adaray.tracking")  # the package name, as before (tests use it)
 _guarded = threading.local()  # .active is True while this thread runs a guarded MLflow call
 
-MODEL_ARTIFACT_PATH = "model"
 MODEL_CONFIG_FILENAME = "model_config.yaml"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 MAX_PARAM_VALUE_CHARS = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 PARENT_RUN_TAG = "mlflow.parentRunId"
-REGISTERED_MODEL_PREFIX = "adasffuse-"
-CHAMPION_ALIAS = "champion"
-SCORE_TAG = "val_score"  # model version tag: the validation score that ranks champions
-
-# MLflow's HTTP client defaults (7 retries with backoff factor 2, 120 s timeout per request) make
-# one call to a dead server block for minutes. Tracker sets these with os.environ.setdefault
-# (values chosen by the user win; the setting is process-wide and read by mlflow at each
-# request): a refused connection then fails in ~3 s, a hung server in at most ~50 s.
-HTTP_ENV_DEFAULTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",  # mlflow parses it as an int
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
-}
-
-
-def set_http_env_defaults() -> None:
-    """Set HTTP_ENV_DEFAULTS with os.environ.setdefault: values chosen by the user win."""
-    for name, value in HTTP_ENV_DEFAULTS.items():
-        os.environ.setdefault(name, value)
-
-
-@dataclass(frozen=True)
-class RegisteredModelRef:
-    """A parsed registry URI: `models:/NAME@ALIAS` (alias set) or `models:/NAME/VERSION`."""
-
-    name: str
-    alias: str | None = None
-    version: str | None = None
-
-
-def parse_model_uri(uri: str) -> RegisteredModelRef | None:
-    """The registered model a `models:/` URI names; None for any other source (a file,
-    `runs:/...`, `baseline:NAME`). Raises ConfigError for a malformed `models:/` URI."""
-    if not uri.startswith("models:/"):
-        return None
-    body = uri.removeprefix("models:/")
-    name, at, alias = body.partition("@")
-    if at and name and alias:
-        return RegisteredModelRef(name, alias=alias)
-    name, _, version = body.rpartition("/")
-    if at or not name or not version.isdigit():
-        raise ConfigError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
-    return RegisteredModelRef(name, version=version)
-
-
-def tracking_uri(workdir: str | Path) -> str:
-    """MLFLOW_TRACKING_URI when set, else `sqlite:///<abs workdir>/mlflow.db`."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return f"sqlite:///{Path(workdir).resolve() / 'mlflow.db'}"
-
-
-def artifact_root(workdir: str | Path) -> str | None:
-    """Artifact location for experiments created on the embedded store: `<workdir>/mlartifacts`.
-
-    None when MLFLOW_TRACKING_URI selects a store: then the server (or MLflow's default) decides,
-    rather than every client writing artifacts into its own local folder.
-    """
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return None
-    return (Path(workdir).resolve() / "mlartifacts").as_uri()
-
-
-def experiment_name(task: str) -> str:
-    """The MLflow experiment of a task: `adaray-<task>`."""
-    return f"adaray-{task}"
-
-
-def registered_model_name(task: str) -> str:
-    """The registered model of a task: `adasffuse-<task>` (champion: `models:/NAME@champion`)."""
-    return f"{REGISTERED_MODEL_PREFIX}{task}"
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str | int | float]:
@@ -437,181 +358,3 @@ class Tracker:
             done = self._call("log_model", lambda: self._client().log_artifacts(
                 run_id, str(folder), MODEL_ARTIFACT_PATH))
         return f"runs:/{run_id}/{MODEL_ARTIFACT_PATH}" if done else None
-
-
-def _registered_version_uri(model_uri: str, tracking_uri: str | None) -> str:
-    """`models:/NAME@ALIAS` or `models:/NAME/VERSION` -> that version's artifact URI.
-
-    Resolved here because mlflow's models:/ download ignores the tracking URI it is given and
-    asks the process-wide default registry.
-    """
-    import mlflow
-
-    ref = parse_model_uri(model_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    version = ref.version
-    if ref.alias is not None:
-        version = client.get_model_version_by_alias(ref.name, ref.alias).version
-    return client.get_model_version_download_uri(ref.name, version)
-
-
-def load_model_from(source: str, tracking_uri: str | None = None) -> nn.Module:
-    """A model from a logged-model URI (`runs:/`, `models:/`), a classical baseline
-    (`baseline:NAME`) or a model file / checkpoint folder path: the one loader of
-    `adaray fuse --model`, `adaray evaluate` and the Serve app."""
-    from adaray.baselines import BASELINE_PREFIX, get_baseline
-
-    if source.startswith(BASELINE_PREFIX):
-        return get_baseline(source)
-    if source.startswith(("runs:/", "models:/")):
-        return load_logged_model(source, tracking_uri)
-    return load_model(source)
-
-
-def load_logged_model(model_uri: str, tracking_uri: str | None = None) -> AdaSFFuse:
-    """Download a logged model (`runs:/ID/model`, `models:/NAME@ALIAS`, `models:/NAME/VERSION`)
-    and load it with weights_only=True. `tracking_uri` (e.g. `tracking_uri(workdir)`) defaults to
-    MLflow's own (MLFLOW_TRACKING_URI); the registry is MLFLOW_REGISTRY_URI, else the tracking URI.
-
-    Raises RuntimeError when the artifacts cannot be found or downloaded, ConfigError for a
-    malformed URI, ModelFileError or InputNotFoundError when they are not an adaray model; every
-    message names `model_uri`.
-    """
-    import mlflow.artifacts
-
-    set_http_env_defaults()
-    with tempfile.TemporaryDirectory(prefix="adaray-download-") as tmp:
-        try:
-            source = model_uri
-            if model_uri.startswith("models:/"):
-                source = _registered_version_uri(model_uri, tracking_uri)
-            local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
-                                                        tracking_uri=tracking_uri)
-        except AdarayError:
-            raise
-        except Exception as exc:
-            raise RuntimeError(f"{model_uri}: cannot download model ({short_error(exc)})") from exc
-        try:
-            return load_model(local)
-        except (ModelFileError, InputNotFoundError) as exc:
-            raise type(exc)(f"{model_uri}: {exc}") from None
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-@dataclass
-class ModelVersionInfo:
-    """One registered model version as adaray reads it (score from the SCORE_TAG tag)."""
-
-    name: str
-    version: int
-    score: float | None
-    aliases: list[str]
-    run_id: str
-    source: str
-    created_ms: int
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-def _version_info(mv: Any) -> ModelVersionInfo:
-    try:
-        score: float | None = float(mv.tags[SCORE_TAG])
-    except (KeyError, ValueError):
-        score = None
-    return ModelVersionInfo(name=mv.name, version=int(mv.version), score=score,
-                            aliases=sorted(mv.aliases or []), run_id=mv.run_id or "",
-                            source=mv.source or "", created_ms=int(mv.creation_timestamp or 0),
-                            tags=dict(mv.tags or {}))
-
-
-class ModelRegistry:
-    """The MLflow Model Registry at `uri` (MLFLOW_REGISTRY_URI when set, else the tracking URI):
-    register a run's adaray model, read and move the `champion` alias, list versions.
-
-    Calls raise MLflow's errors: promotion happens once at the end of a sweep, and its caller
-    reports a failure instead of losing the sweep's results.
-    """
-
-    def __init__(self, uri: str) -> None:
-        import mlflow
-
-        set_http_env_defaults()
-        self.uri = uri
-        self.client = mlflow.MlflowClient(tracking_uri=uri,
-                                          registry_uri=os.environ.get("MLFLOW_REGISTRY_URI"))
-
-    def register(self, name: str, run_id: str, score: float,
-                 tags: Mapping[str, Any] | None = None) -> ModelVersionInfo:
-        """The run's logged model (`<run artifacts>/model`) as a new version of `name`, tagged
-        with its score; a version already registered from this run is returned as it is."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.create_registered_model(
-                name, description="AdaSFFuse fusion models promoted by adaray sweeps")
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        for mv in self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'"):
-            return _version_info(mv)
-        source = f"{self.client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT_PATH}"
-        all_tags = {SCORE_TAG: repr(float(score)),
-                    **{k: str(v) for k, v in (tags or {}).items()}}
-        mv = self.client.create_model_version(name, source, run_id=run_id, tags=all_tags)
-        return _version_info(self.client.get_model_version(name, mv.version))
-
-    def alias_version(self, name: str, alias: str) -> ModelVersionInfo | None:
-        """The version holding `alias`, or None (no such model or alias)."""
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return _version_info(self.client.get_model_version_by_alias(name, alias))
-        except MlflowException as exc:
-            if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                return None
-            raise
-
-    def champion(self, name: str) -> ModelVersionInfo | None:
-        """The version holding the `champion` alias, or None (no model or no champion yet)."""
-        return self.alias_version(name, CHAMPION_ALIAS)
-
-    def promote_if_better(self, candidate: ModelVersionInfo) -> tuple[bool, str]:
-        """Give `candidate` the champion alias only if its score beats the current champion's.
-
-        Returns (promoted, reason); the reason names both scores.
-        """
-        current = self.champion(candidate.name)
-        if current is not None and current.version == candidate.version:
-            return True, f"version {candidate.version} already is the champion"
-        if candidate.score is None:
-            return False, f"version {candidate.version} has no {SCORE_TAG} tag"
-        if current is not None and current.score is not None and candidate.score <= current.score:
-            return False, (f"{SCORE_TAG} {candidate.score:.4f} of version {candidate.version} "
-                           f"does not beat champion version {current.version} "
-                           f"({current.score:.4f}); the alias stays")
-        self.client.set_registered_model_alias(candidate.name, CHAMPION_ALIAS,
-                                               str(candidate.version))
-        if current is None:
-            return True, (f"version {candidate.version} ({candidate.score:.4f}) is the first "
-                          "champion")
-        before = "no score" if current.score is None else f"{current.score:.4f}"
-        return True, (f"version {candidate.version} ({candidate.score:.4f}) beats champion "
-                      f"version {current.version} ({before})")
-
-    def versions(self, name: str | None = None) -> list[ModelVersionInfo]:
-        """Versions of `name`, or of every `adasffuse-*` model, by name then version."""
-        if name is not None:
-            names = [name]
-        else:
-            names = [m.name for m in self.client.search_registered_models(
-                f"name LIKE '{REGISTERED_MODEL_PREFIX}%'")]
-        found = []
-        for model_name in names:
-            # Search results carry no aliases: the registered model maps alias -> version.
-            aliases = self.client.get_registered_model(model_name).aliases or {}
-            for mv in self.client.search_model_versions(f"name='{model_name}'"):
-                info = _version_info(mv)
-                info.aliases = sorted(a for a, v in aliases.items() if int(v) == info.version)
-                found.append(info)
-        return sorted(found, key=lambda v: (v.name, v.version))

@@ -1,1 +1,0 @@
-"""The Ray Serve application of adaray (serve/app.py, serve/config.yaml)."""
