@@ -31,6 +31,7 @@ from pathlib import Path  # noqa: E402
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
+from adaray import SOURCE_TREE  # noqa: E402
 from adaray.metrics import METRICS, evaluate, read_gray  # noqa: E402
 
 SIZE = (768, 576)  # (width, height), as cv2.resize takes it
@@ -43,7 +44,7 @@ PAIRS = {  # task -> (folder, A subfolder, B subfolder)
 
 
 def shared_data() -> Path:
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fusion"
+    default = SOURCE_TREE.parent / "shared" / "data" / "fusion"
     return Path(os.environ.get("ADARAY_SHARED_DATA", default))
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from adaray import shipped_path
 from adaray.config import from_dict, read_yaml, to_dict
 from adaray.losses import FusionLoss
 from adaray.model import AdaSFFuse, ModelConfig
@@ -45,7 +46,7 @@ from adaray.model.profile import count_flops, count_parameters, measure_latency
 from adaray.runtime import ALLOCATOR_ENV, configure_allocator
 from adaray.train import TrainConfig, build_optimizer, load_train_config, optimizer_step
 
-REPO = Path(__file__).resolve().parent.parent
+CONFIGS = shipped_path("configs")
 HEADS = {  # row name -> values of ModelConfig's head fields (adaray.model.HEAD_FIELDS)
     "pixels": {"head": "pixels", "per_level_maps": False, "detail": "map"},
     "weights": {"head": "weights", "per_level_maps": False, "detail": "map"},
@@ -126,7 +127,7 @@ def main() -> None:
         return
 
     paths = [Path(p).resolve() for p in args.configs] if args.configs else sorted(
-        [*(REPO / "configs").glob("*.yaml"), *(REPO / "configs" / "paper").glob("*.yaml")])
+        [*CONFIGS.glob("*.yaml"), *(CONFIGS / "paper").glob("*.yaml")])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
           f"{os.cpu_count()} CPUs; training step: {args.batch} x {args.patch}x{args.patch}, "
           "AdamW, the config's task loss\n")
@@ -141,7 +142,8 @@ def main() -> None:
     environment = {**{k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")},
                    **ALLOCATOR_ENV}
     for body, files in shipped_bodies(paths):
-        names = ", ".join(f.relative_to(REPO).as_posix() if f.is_relative_to(REPO) else f.name
+        names = ", ".join(f.relative_to(CONFIGS.parent).as_posix()
+                          if f.is_relative_to(CONFIGS.parent) else f.name
                           for f in files)
         pixels_step = None
         for head in args.heads:
