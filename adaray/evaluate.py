@@ -36,6 +36,7 @@ from adaray.data import (
     split_pairs,
     write_image,
 )
+from adaray.data.location import Location
 from adaray.errors import ConfigError, InputNotFoundError
 from adaray.fusion import fuse_with_weights
 from adaray.metrics import METRICS, evaluate_images
@@ -199,7 +200,7 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
         raise ConfigError(f"--model: two models are both named {duplicated[0]!r} in the report")
     if split not in SPLITS:
         raise ConfigError(f"--split: {split!r} is not one of {', '.join(SPLITS)}")
-    pairs = discover_pairs(Path(data).resolve(), task, a_dir=a_dir, b_dir=b_dir)
+    pairs = discover_pairs(Location.of(data), task, a_dir=a_dir, b_dir=b_dir)
     if split == "val":
         pairs = split_pairs(pairs, val_fraction)[1]
     check_pairs(pairs)
@@ -228,7 +229,7 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
         writer.writerows(rows)
     (out / "summary.md").write_text(summary_markdown(means, metrics, len(pairs)))
     (out / "summary.json").write_text(json.dumps(
-        {"task": task, "data": str(Path(data).resolve()), "split": split, "pairs": len(pairs),
+        {"task": task, "data": str(Location.of(data)), "split": split, "pairs": len(pairs),
          "models": dict(zip(labels, sources, strict=True)), "means": means}, indent=2))
     comparison_grid(pairs[:GRID_PAIRS], labels, out, out / "grid.png")
 

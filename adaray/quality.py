@@ -33,6 +33,7 @@ from typing import Any
 from adaray import shipped_path
 from adaray.config import to_dict
 from adaray.data import discover_pairs, split_pairs
+from adaray.data.location import Location
 from adaray.errors import ConfigError, InputNotFoundError
 from adaray.runtime import init_ray
 from adaray.tasks import TASKS, get_task
@@ -149,7 +150,7 @@ def train_task(task: str, data: str | Path, config: str | Path, overrides: list[
     from adaray.tracking import flatten
     from adaray.train import best_checkpoint, build_trainer, load_config
 
-    cfg, run = load_config(config, [f"task={task}", f"run.data={Path(data).resolve()}",
+    cfg, run = load_config(config, [f"task={task}", f"run.data={Location.of(data)}",
                                     f"run.workdir={workdir}", f"run.name=quality-{task}-{stamp}",
                                     *overrides])
     trainer = build_trainer(cfg, run)  # bad config or data fails here, before training
@@ -230,7 +231,7 @@ def benchmark_quality(tasks: list[str], data: str, out: str | Path, *,
             settings, evaluation.means, (evaluation.out / "summary.md").read_text(),
             grid.relative_to(out.parent).as_posix(), met, verdict, str(data), made_by))
         if ship is not None and task not in models:
-            pairs = discover_pairs(Path(data).resolve(), task)
+            pairs = discover_pairs(Location.of(data), task)
             train_pairs, val_pairs = split_pairs(pairs, held_out)
             shipped = ship_model(results[-1], checkpoint, Path(ship), (len(train_pairs),
                                  len(val_pairs)), sorted({p.group for p in pairs}))

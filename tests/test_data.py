@@ -286,7 +286,7 @@ def test_seed_layout_from_split_task_or_pair_folder(tmp_path: Path) -> None:
         pairs = discover_pairs(data, "ivf")
         assert [p.stem for p in pairs] == ["FLIR_04598", "FLIR_05164", "FLIR_07620"]
         assert {p.group for p in pairs} == {"IVF"}
-        assert all(p.a_path.is_absolute() for p in pairs)
+        assert all(Path(p.a_path).is_absolute() for p in pairs)
 
 
 def test_folder_names_and_extensions_are_case_insensitive(tmp_path: Path) -> None:
@@ -491,7 +491,7 @@ def test_dataset_cache(tmp_path: Path) -> None:
     uncached = FusionPairDataset(pairs, train=False, cache=False)
     first = cached[0]["a"]
     uncached[0]
-    pairs[0].a_path.unlink()
+    Path(pairs[0].a_path).unlink()
     assert torch.equal(cached[0]["a"], first)  # served from memory
     with pytest.raises(ImageReadError, match="FLIR_04598"):
         uncached[0]

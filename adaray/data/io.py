@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from adaray.data.location import Location
 from adaray.errors import ConfigError, DataError
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -102,15 +103,15 @@ def _truncation_reason(data: bytes) -> str | None:
     return None
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as float32 in [0, 1]: (H, W) gray or (H, W, 3) RGB.
+def read_image(path: str | Path | Location) -> np.ndarray:
+    """Read an image (a local path or an object URI) as float32 in [0, 1]: (H, W) gray or
+    (H, W, 3) RGB.
 
     Raises ImageReadError (a ValueError) naming the file for missing, empty, truncated, corrupt
     or unsupported files.
     """
-    path = Path(path)
     try:
-        data = path.read_bytes()
+        data = Location.of(path).read_bytes()
     except OSError as exc:
         raise ImageReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
     return decode_image(data, str(path))

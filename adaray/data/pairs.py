@@ -7,7 +7,11 @@ names come from the task table (`adaray.tasks`), matched case-insensitively. Lay
 - the seed layout `<root>/<split>/IVF/infrared|visible` (point `data` at the split or at IVF);
 - the shared datasets `<root>/IVF/RoadScene/infrared|visible` and, for MIF, every one of
   `<root>/MIF/Harvard-CT|Harvard-PET|Harvard-SPECT/...` (point `data` at the root or the task);
-- any folder given explicitly with `a_dir` / `b_dir`.
+- any folder given explicitly with `a_dir` / `b_dir`;
+- a manifest file (CSV or Parquet, columns `a`, `b` and optionally `group`) listing the pairs.
+
+`data` may be a local folder or an object-store prefix (`s3://bucket/prefix`): both are read
+through `adaray.data.location`, with the same rules and the same errors.
 
 Each pair carries a `group`, the name of its pair folder ("RoadScene", "Harvard-CT", "IVF"), so
 that the train/validation split, a hash of (group, stem), does not depend on where `data`
@@ -17,7 +21,6 @@ points. Problems raise `PairError` naming the folders and files involved.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from adaray.data.io import ImageReadError, is_image_file, read_image
+from adaray.data.location import Location, missing
 from adaray.errors import ConfigError, DataError
 from adaray.tasks import TASKS, TaskSpec, get_task
 
 MAX_SEARCH_DEPTH = 4  # folder levels below `data` searched for pair folders
 MAX_LISTED = 5  # names quoted in an error message before "..."
+MANIFEST_SUFFIXES = (".csv", ".parquet")
 
 
 class PairError(DataError):
@@ -42,8 +47,8 @@ class ImagePair:
     """Two aligned source images of one scene."""
 
     stem: str
-    a_path: Path
-    b_path: Path
+    a_path: Location  # a local path or an object URI (`str()` gives it)
+    b_path: Location
     group: str  # name of the folder holding the A and B folders, e.g. "Harvard-CT"
 
 
@@ -56,11 +61,11 @@ def _listing(names: Sequence[str]) -> str:
     return shown + (", ..." if len(names) > MAX_LISTED else "")
 
 
-def _images_by_stem(folder: Path) -> dict[str, Path]:
+def _images_by_stem(folder: Location) -> dict[str, Location]:
     """Image files of `folder` keyed by stem; hidden and non-image files are ignored."""
-    by_stem: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not is_image_file(path) or not path.is_file():
+    by_stem: dict[str, Location] = {}
+    for path, is_dir in folder.entries():
+        if is_dir or path.name.startswith(".") or not is_image_file(path.name):
             continue
         if path.stem in by_stem:
             raise PairError(
@@ -71,7 +76,7 @@ def _images_by_stem(folder: Path) -> dict[str, Path]:
     return by_stem
 
 
-def pair_folder(a_dir: Path, b_dir: Path, group: str) -> list[ImagePair]:
+def pair_folder(a_dir: Location, b_dir: Location, group: str) -> list[ImagePair]:
     """Pair the images of `a_dir` and `b_dir` by stem; every image must have a partner."""
     for folder in (a_dir, b_dir):
         if not folder.is_dir():
@@ -89,17 +94,14 @@ def pair_folder(a_dir: Path, b_dir: Path, group: str) -> list[ImagePair]:
     return [ImagePair(stem, a_files[stem], b_files[stem], group) for stem in sorted(a_files)]
 
 
-def _subfolders(folder: Path) -> dict[str, Path]:
+def _subfolders(folder: Location) -> dict[str, Location]:
     """Visible subfolders keyed by lower-case name."""
-    with os.scandir(folder) as entries:
-        return {
-            entry.name.lower(): Path(entry.path)
-            for entry in entries
-            if entry.is_dir() and not entry.name.startswith(".")
-        }
+    return {path.name.lower(): path for path, is_dir in folder.entries()
+            if is_dir and not path.name.startswith(".")}
 
 
-def _pick(subfolders: dict[str, Path], names: Iterable[str], where: Path) -> Path | None:
+def _pick(subfolders: dict[str, Location], names: Iterable[str],
+          where: Location) -> Location | None:
     """The one subfolder named like one of `names`; an error when several are present."""
     found = [subfolders[n.lower()] for n in names if n.lower() in subfolders]
     if len(found) > 1:
@@ -110,17 +112,17 @@ def _pick(subfolders: dict[str, Path], names: Iterable[str], where: Path) -> Pat
     return found[0] if found else None
 
 
-def find_pair_folders(data: Path, task: TaskSpec) -> list[tuple[Path, Path]]:
+def find_pair_folders(data: Location, task: TaskSpec) -> list[tuple[Location, Location]]:
     """(A folder, B folder) of every pair folder at or below `data` (MAX_SEARCH_DEPTH levels).
 
     Folders named like another task's folder (MEF, MFF, ... when looking for IVF) are skipped,
     and the search does not descend into a pair folder.
     """
     other_tasks = {spec.folder.lower() for spec in TASKS.values() if spec.name != task.name}
-    found: list[tuple[Path, Path]] = []
+    found: list[tuple[Location, Location]] = []
     level = [data]
     for _ in range(MAX_SEARCH_DEPTH + 1):
-        next_level: list[Path] = []
+        next_level: list[Location] = []
         for folder in level:
             subfolders = _subfolders(folder)
             a_dir = _pick(subfolders, task.a_dirs, folder)
@@ -129,26 +131,86 @@ def find_pair_folders(data: Path, task: TaskSpec) -> list[tuple[Path, Path]]:
                 found.append((a_dir, b_dir))
             else:
                 next_level += [p for name, p in subfolders.items() if name not in other_tasks]
-        level = sorted(next_level)
+        level = sorted(next_level, key=str)
     return found
 
 
+def is_manifest(data: str | Path | Location) -> bool:
+    """True when `data` names a manifest file (.csv or .parquet) rather than a folder."""
+    return Location.of(data).suffix.lower() in MANIFEST_SUFFIXES
+
+
+def read_manifest(manifest: Location) -> list[ImagePair]:
+    """The pairs a manifest lists: columns `a` and `b` (paths relative to the manifest's folder,
+    absolute paths or URIs) and an optional `group` (default: the folder above A's folder, as
+    for folders). Every listed file must exist; errors name the manifest and the row."""
+    import pyarrow.csv
+    import pyarrow.parquet
+
+    try:
+        data = manifest.read_bytes()
+    except OSError as exc:
+        raise PairError(f"manifest {manifest} cannot be read ({exc})") from None
+    try:
+        source = pyarrow.BufferReader(data)
+        table = (pyarrow.parquet.read_table(source) if manifest.suffix.lower() == ".parquet"
+                 else pyarrow.csv.read_csv(source))
+    except pyarrow.ArrowException as exc:
+        raise PairError(f"manifest {manifest}: not a readable table ({exc})") from None
+    missing_columns = sorted({"a", "b"} - set(table.column_names))
+    if missing_columns:
+        raise PairError(f"manifest {manifest}: no column {missing_columns[0]!r} (needs a, b "
+                        f"and optionally group; has {', '.join(table.column_names)})")
+    rows = table.to_pylist()
+    pairs = []
+    for number, row in enumerate(rows, start=2):  # row 1 of a CSV is its header
+        if not row["a"] or not row["b"]:
+            raise PairError(f"manifest {manifest}, row {number}: empty a or b")
+        a, b = manifest.parent / str(row["a"]), manifest.parent / str(row["b"])
+        group = str(row.get("group") or a.parent.parent.name)
+        pairs.append(ImagePair(a.stem, a, b, group))
+    if not pairs:
+        raise PairError(f"manifest {manifest} lists no pairs")
+    absent = {str(location) for location in missing([p.a_path for p in pairs] +
+                                                     [p.b_path for p in pairs])}
+    if absent:
+        rows_missing = [f"row {n}: {loc}" for n, p in enumerate(pairs, start=2)
+                        for loc in (p.a_path, p.b_path) if str(loc) in absent]
+        raise PairError(f"manifest {manifest} names {len(rows_missing)} missing file(s): "
+                        f"{_listing(rows_missing)}")
+    seen: dict[tuple[str, str], int] = {}
+    for number, pair in enumerate(pairs, start=2):
+        if (pair.group, pair.stem) in seen:
+            raise PairError(f"manifest {manifest}: rows {seen[(pair.group, pair.stem)]} and "
+                            f"{number} are both {pair.group}/{pair.stem}; give them distinct "
+                            "groups")
+        seen[(pair.group, pair.stem)] = number
+    return sorted(pairs, key=_by_name)
+
+
 def discover_pairs(
-    data: str | Path,
+    data: str | Path | Location,
     task: str | TaskSpec,
     a_dir: str | Path | None = None,
     b_dir: str | Path | None = None,
 ) -> list[ImagePair]:
     """All image pairs of `task` under `data`, sorted by (group, stem), with absolute paths.
 
-    With `a_dir` and `b_dir` (absolute, or relative to `data`) exactly those two folders are
-    paired; otherwise every pair folder at or below `data` is used (see the module doc).
+    `data` is a local folder, an object-store URI (`s3://bucket/prefix`) or a manifest file
+    (`read_manifest`). With `a_dir` and `b_dir` (absolute, or relative to `data`) exactly those
+    two folders are paired; otherwise every pair folder at or below `data` is used (see the
+    module doc).
     """
     spec = task if isinstance(task, TaskSpec) else get_task(task)
-    data = Path(data).expanduser().resolve()
+    data = Location.of(data)
     if (a_dir is None) != (b_dir is None):
-        given, missing = ("a_dir", "b_dir") if b_dir is None else ("b_dir", "a_dir")
-        raise PairError(f"{given} given without {missing}: give both folders or neither")
+        given, missing_dir = ("a_dir", "b_dir") if b_dir is None else ("b_dir", "a_dir")
+        raise PairError(f"{given} given without {missing_dir}: give both folders or neither")
+    if is_manifest(data):
+        if a_dir is not None:
+            raise PairError(f"{data} is a manifest: it pairs its files itself; drop a_dir / "
+                            "b_dir")
+        return read_manifest(data)
     if a_dir is not None and b_dir is not None:
         a_path, b_path = data / a_dir, data / b_dir
         pairs = pair_folder(a_path, b_path, group=a_path.parent.name)
@@ -165,7 +227,7 @@ def discover_pairs(
             f"({', '.join(spec.a_dirs)}) and one of ({', '.join(spec.b_dirs)}), case-insensitive, "
             f"up to {MAX_SEARCH_DEPTH} levels deep (or give a_dir / b_dir)"
         )
-    groups: dict[str, Path] = {}
+    groups: dict[str, Location] = {}
     pairs = []
     for a_folder, b_folder in folders:
         root = a_folder.parent

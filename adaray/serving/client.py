@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from adaray.data.location import Location
 from adaray.errors import RequestError
 
 
-def post_fuse(url: str, path_a: str | Path, path_b: str | Path, task: str,
+def post_fuse(url: str, path_a: str | Path | Location, path_b: str | Path | Location, task: str,
               output: str = "png", timeout: float = 300.0,
               route_wait_s: float = 0.0) -> tuple[bytes, dict[str, str]]:
     """Send two image files to POST /fuse and return (body, headers).
@@ -20,7 +21,7 @@ def post_fuse(url: str, path_a: str | Path, path_b: str | Path, task: str,
     """
     import requests
 
-    files = {name: (Path(p).name, Path(p).read_bytes())
+    files = {name: (Location.of(p).name, Location.of(p).read_bytes())
              for name, p in (("a", path_a), ("b", path_b))}
     deadline = time.monotonic() + route_wait_s
     while True:

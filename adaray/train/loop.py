@@ -26,6 +26,7 @@ from torch import nn
 
 from adaray.checkpoint import MODEL_FILENAME, model_payload, unwrap
 from adaray.config import from_dict, to_dict
+from adaray.data.location import Location
 from adaray.errors import InputNotFoundError
 from adaray.train.components import build_components, endless_batches, prepare_process, train_step
 from adaray.train.config import RunSettings, TrainConfig
@@ -46,11 +47,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_ray_report_log()
     prepare_process(run.cpus_per_worker, cfg.seed + rank)
 
-    # Data: every worker must see the data folder (a shared filesystem on a cluster).
-    if not Path(run.data).is_dir():
-        raise InputNotFoundError(f"data folder {run.data} is not readable on node "
+    # Data: every worker must reach the data (object storage, or a filesystem on every node).
+    if not Location.of(run.data).exists():
+        raise InputNotFoundError(f"data {run.data} is not readable on node "
                                  f"{socket.gethostname()} (worker rank {rank}); on a cluster "
-                                 "it must be on a filesystem mounted on every node")
+                                 "it must be in object storage that every node can reach, or "
+                                 "on a filesystem mounted on every node")
     # Data, model (DDP), optimizer, schedule, loss: the setup every loop shares.
     parts = build_components(cfg, world_size, root=run.data, check=rank == 0,
                              prepare_model=ray.train.torch.prepare_model,

@@ -16,6 +16,8 @@ from ray.train import Checkpoint, UserCallback
 from adaray import SOURCE_TREE
 from adaray.config import ConfigError, to_dict
 from adaray.data import build_datasets
+from adaray.data.location import Location
+from adaray.data.pairs import is_manifest
 from adaray.errors import InputNotFoundError
 from adaray.tasks import get_task
 from adaray.train.config import RunSettings, TrainConfig
@@ -75,8 +77,8 @@ def prepare_config(cfg: TrainConfig, run: RunSettings) -> tuple[TrainConfig, Run
     get_task(cfg.task)
     if run.data is None:
         raise ConfigError("run.data: no data folder given (--data PATH)")
-    root = Path(run.data).expanduser().resolve()
-    if not root.is_dir():
+    root = Location.of(run.data)
+    if not (is_manifest(root) or root.is_dir()):
         raise InputNotFoundError(f"data folder not found: {root}")
     build_datasets(root, cfg.task, cfg.data, check=False)  # pairs are discoverable
     workdir = Path(run.workdir).expanduser().resolve()
