@@ -4,13 +4,16 @@ each naming the object or the manifest row."""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
 import pyarrow
+import pyarrow.fs
 import pyarrow.parquet
 import pytest
-from conftest import SAMPLES
+from conftest import REPO, SAMPLES
 from s3_server import S3Server, start_s3_server
 
 from adaray.data import PairError, check_pairs, discover_pairs, read_image, read_pair, split_pairs
@@ -19,6 +22,7 @@ from adaray.data.location import Location
 TASKS = ("ivf", "mef", "mff", "mif")
 BUCKET = "fusion"
 PREFIX = f"s3://{BUCKET}/samples"
+TINY = REPO / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +147,39 @@ def test_locations_name_local_paths_and_uris_alike(tmp_path):
     assert str(remote.parent / "s3://other/k") == "s3://other/k"
     with pytest.raises(TypeError, match="not a local path"):
         Path(remote)
+
+
+@pytest.mark.slow  # starts its own Ray, twice
+@pytest.mark.timeout(420)
+def test_train_reads_pairs_from_s3_checkpoints_to_s3_and_resumes(s3, tmp_path):
+    """`adaray train` with `--data s3://...` and `--storage s3://...` on its own local Ray
+    (whose workers inherit the S3 endpoint and credentials, as nodes with an instance role
+    would), then the same command with more steps continues from the checkpoint in S3."""
+    from ray_cluster import own_ray_process
+
+    adaray = str(Path(sys.executable).parent / "adaray")
+    storage = f"s3://{BUCKET}/runs"
+
+    def train(max_steps: int, log: Path) -> str:
+        command = [adaray, "train", "--task", "ivf", "--data", PREFIX, "--config",
+                   str(TINY), "--max-steps", str(max_steps), "--storage", storage,
+                   "--name", "s3run", "--set", f"run.workdir={tmp_path / 'work'}",
+                   "--set", "log_every=5", "--set", "ckpt_every=10", "--set", "val_every=10"]
+        with own_ray_process(command, log, "adaray-s3-") as (process, _):
+            code = process.wait(timeout=300)
+        text = log.read_text()
+        assert code == 0, text[-4000:]
+        return text
+
+    first = train(10, tmp_path / "first.log")
+    assert "finished at step 10" in first
+    assert f"all checkpoints: {storage}/s3run" in first
+    checkpoints = [info.path for info in s3.filesystem().get_file_info(
+        pyarrow.fs.FileSelector(f"{BUCKET}/runs/s3run", recursive=False))
+        if info.type == pyarrow.fs.FileType.Directory
+        and info.base_name.startswith("checkpoint_")]
+    assert len(checkpoints) == 1
+    second = train(20, tmp_path / "second.log")
+    steps = [int(s) for s in re.findall(r"\[adaray train\] step (\d+)/20", second)]
+    assert steps and steps[0] == 15, steps  # continued after the checkpoint at step 10
+    assert "finished at step 20" in second

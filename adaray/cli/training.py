@@ -52,12 +52,19 @@ def train_from_args(args: argparse.Namespace) -> int:
           f"val_score {final.get('val_score', float('nan')):.4f}")
     if (best_found := best_checkpoint(result)) is not None:
         best, best_metrics = best_found
-        print(f"best checkpoint (val_score {best_metrics['val_score']:.4f}): {best.path}")
-    print(f"all checkpoints: {result.path}")
+        print(f"best checkpoint (val_score {best_metrics['val_score']:.4f}): "
+              f"{_as_uri(best.path, run.storage)}")
+    print(f"all checkpoints: {_as_uri(result.path, run.storage)}")
     uri = tracking.tracking_uri(run.workdir)
     print(f"MLflow: {uri} experiment {tracking.experiment_name(cfg.task)}; browse with: "
           f"mlflow ui --backend-store-uri {uri}")
     return 0
+
+
+def _as_uri(path: str, storage: str | None) -> str:
+    """A path Ray Train reports inside its storage, as a URI when the storage is one (Ray
+    drops the scheme: `bucket/runs/x` for `s3://bucket/runs`)."""
+    return f"{storage.split('://', 1)[0]}://{path}" if storage and "://" in storage else path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
