@@ -6,9 +6,9 @@
 
 Trains the config (with `--set` overrides) in this process for `--minutes` of wall clock, with
 the training setup and step of `adaray.train.train_loop_per_worker` (`build_components`,
-`train_step`: same model, loss, AdamW, clipping, data) and its warm-up, but a cosine decay over
-the elapsed fraction of the budget instead of
-over `max_steps`: settings whose steps cost more (bigger patches) get fewer of them, as they
+`train_step`: same model, loss, AdamW, clipping; the data through a DataLoader, `loader_data`)
+and its warm-up, but a cosine decay over the elapsed fraction of the budget instead of over
+`max_steps`: settings whose steps cost more (bigger patches) get fewer of them, as they
 would in a recipe of fixed length. Then scores the model with `adaray.train.validate`
 (val_score, Qabf, VIF, SSIM, ...) and prints one JSON line (appended to `--out` when given).
 
@@ -42,8 +42,8 @@ from adaray.data.dataset import FusionPairDataset
 from adaray.data.pairs import ImagePair, discover_pairs, split_pairs, split_score
 from adaray.train import (
     build_components,
-    endless_batches,
     load_train_config,
+    loader_data,
     prepare_process,
     train_step,
     validate,
@@ -90,12 +90,12 @@ def main() -> None:
     budget_s, step, losses = args.minutes * 60, 0, []
     started = time.perf_counter()
     parts = build_components(  # the lr follows the clock
-        cfg, datasets=(train_set, dev_set), schedule=lambda index: warmup_cosine_factor(
+        cfg, loader_data(cfg, datasets=(train_set, dev_set)),
+        schedule=lambda index: warmup_cosine_factor(
             index, (time.perf_counter() - started) / budget_s, cfg.optim))
     model = parts.model
-    batches = endless_batches(parts.loader, world_size=1)
     while time.perf_counter() - started < budget_s:
-        loss, _, _ = train_step(parts, next(batches), cfg.optim.grad_clip)
+        loss, _, _ = train_step(parts, cfg.optim.grad_clip)
         losses.append(loss.item())
         step += 1
         if step % 50 == 0:

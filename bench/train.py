@@ -5,9 +5,10 @@
                           [--set KEY=VALUE ...] [--verbose]
 
 The bare loop runs the training setup and step of `adaray.train.train_loop_per_worker`
-(`build_components` and `train_step`: same model, loss, optimizer, schedule, data loader and
-thread count) without Ray, validation or tracking. The
-Ray Train runs use `adaray.train.build_trainer` with one validation and checkpoint at the end.
+(`build_components` and `train_step`: same model, loss, optimizer, schedule and thread count)
+without Ray, validation or tracking, on a DataLoader (`loader_data`); the Ray Train runs use
+`adaray.train.build_trainer` (its data streamed by Ray Data) with one validation and checkpoint
+at the end.
 
 Per-step rates exclude fixed start-up costs: the bare loop drops its first `--warmup` steps;
 for Ray Train they come from the reports the loop makes every `log_every` steps (read back from
@@ -45,8 +46,8 @@ from adaray.train import (
     RunSettings,
     TrainConfig,
     build_components,
-    endless_batches,
     load_config,
+    loader_data,
     prepare_process,
     train_step,
 )
@@ -70,13 +71,12 @@ def bare_loop(cfg: TrainConfig, run: RunSettings, warmup: int) -> Row:
     """The loop's training step without Ray: returns the steady-state rate after `warmup`."""
     start = time.perf_counter()
     prepare_process(run.cpus_per_worker, cfg.seed)
-    parts = build_components(cfg, root=run.data, check=False)
-    batches = endless_batches(parts.loader, world_size=1)
+    parts = build_components(cfg, loader_data(cfg, root=run.data, check=False))
     samples, timed_from, loss = 0, time.perf_counter(), torch.tensor(float("nan"))
     for step in range(cfg.max_steps):
         if step == warmup:
             timed_from, samples = time.perf_counter(), 0
-        loss, _, batch_size = train_step(parts, next(batches), cfg.optim.grad_clip)
+        loss, _, batch_size = train_step(parts, cfg.optim.grad_clip)
         samples += batch_size
     end = time.perf_counter()
     timed = max(end - timed_from, 1e-9)

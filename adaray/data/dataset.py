@@ -41,7 +41,10 @@ class DataConfig:
     a_dir: str | None = None  # explicit A folder (with b_dir), relative to the data folder
     b_dir: str | None = None
     max_val_pairs: int | None = None  # cap on validation pairs (lowest hash first)
-    cache: bool = True  # keep decoded luma planes in memory
+    cache: bool = True  # keep decoded planes (DataLoader: per process; Ray Data: object store)
+    ingest_cpus: float = 0.0  # CPUs each Ray Data ingest task reserves (0: shares the cores)
+    ingest_tasks: int = 2  # Ray Data ingest tasks at once, per stage (read + decode, patches)
+    prefetch_batches: int = 2  # batches each Train worker fetches ahead from its shard
 
     def __post_init__(self) -> None:
         self.validate()
@@ -59,6 +62,12 @@ class DataConfig:
         if (self.a_dir is None) != (self.b_dir is None):
             missing = "b_dir" if self.b_dir is None else "a_dir"
             raise ConfigError(f"{missing}: a_dir and b_dir must be given together")
+        if self.ingest_cpus < 0:
+            raise ConfigError(f"ingest_cpus: must be >= 0, got {self.ingest_cpus}")
+        if self.ingest_tasks < 1:
+            raise ConfigError(f"ingest_tasks: must be >= 1, got {self.ingest_tasks}")
+        if self.prefetch_batches < 0:
+            raise ConfigError(f"prefetch_batches: must be >= 0, got {self.prefetch_batches}")
         if self.max_val_pairs is not None and self.max_val_pairs < 1:
             raise ConfigError(f"max_val_pairs: must be >= 1 or null, got {self.max_val_pairs}")
 
@@ -88,8 +97,9 @@ def paired_transform(patch_size: int, seed: int | None = None) -> A.Compose:
     )
 
 
-def _luma(image: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(split_luma(image)[0])  # a copy: the chroma is not kept alive
+def luma_plane(image: np.ndarray) -> np.ndarray:
+    """The Y plane of an image (its own copy: the chroma is not kept alive)."""
+    return np.ascontiguousarray(split_luma(image)[0])
 
 
 def _as_tensor(plane: np.ndarray) -> torch.Tensor:
@@ -135,7 +145,7 @@ class FusionPairDataset(Dataset):
         planes = self._planes.get(index)
         if planes is None:
             image_a, image_b = read_pair(self.pairs[index])
-            planes = (_luma(image_a), _luma(image_b))
+            planes = (luma_plane(image_a), luma_plane(image_b))
             if self.cache:
                 self._planes[index] = planes
         return planes

@@ -11,9 +11,11 @@
 
 from adaray.train.components import (
     TrainComponents,
+    TrainData,
     build_components,
     build_optimizer,
     endless_batches,
+    loader_data,
     lr_factor,
     optimizer_step,
     prepare_process,
@@ -30,14 +32,41 @@ from adaray.train.config import (
     load_train_config,
 )
 from adaray.train.loop import STATE_FILENAME, train_loop_per_worker
-from adaray.train.trainer import ProgressCallback, best_checkpoint, build_trainer, prepare_config
+from adaray.train.trainer import (
+    ProgressCallback,
+    best_checkpoint,
+    build_trainer,
+    prepare_config,
+    split_training_pairs,
+)
 from adaray.train.validation import VAL_SCORE_SCALES, validate
 
 __all__ = [
-    "STATE_FILENAME", "VAL_SCORE_SCALES", "OptimConfig", "ProgressCallback", "RunSettings",
-    "TrainComponents", "TrainConfig", "ValConfig", "best_checkpoint", "build_components",
-    "build_optimizer", "build_trainer", "endless_batches", "load_config", "load_train_config",
-    "lr_factor", "optimizer_step",
-    "prepare_config", "prepare_process", "seed_everything", "train_loop_per_worker",
-    "train_step", "validate", "warmup_cosine_factor",
+    "STATE_FILENAME",
+    "VAL_SCORE_SCALES",
+    "OptimConfig",
+    "ProgressCallback",
+    "RunSettings",
+    "TrainComponents",
+    "TrainConfig",
+    "TrainData",
+    "ValConfig",
+    "best_checkpoint",
+    "build_components",
+    "build_optimizer",
+    "build_trainer",
+    "endless_batches",
+    "load_config",
+    "load_train_config",
+    "loader_data",
+    "lr_factor",
+    "optimizer_step",
+    "prepare_config",
+    "prepare_process",
+    "seed_everything",
+    "split_training_pairs",
+    "train_loop_per_worker",
+    "train_step",
+    "validate",
+    "warmup_cosine_factor",
 ]

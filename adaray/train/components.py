@@ -1,16 +1,17 @@
 """The training setup every loop shares: the Ray Train worker loop (`adaray.train.loop`), the
 bare loop of bench/train.py and the fixed-budget trials of bench/recipe_trials.py.
 
-`prepare_process` sets the allocator, threads and seeds; `build_components(cfg, world_size)`
-builds data, model, optimizer, schedule and loss; `train_step` is one optimizer step. A change
-to how adaray trains lands here, once.
+`prepare_process` sets the allocator, threads and seeds; `build_components(cfg, data)` builds
+model, optimizer, schedule and loss around the training data (`TrainData`: Ray Data shards in
+the Ray Train loop, `loader_data` in the bare loops); `train_step` is one optimizer step. A
+change to how adaray trains lands here, once.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,7 @@ def make_loader(train_set: Dataset, cfg: TrainConfig, world_size: int = 1) -> Da
                       drop_last=len(train_set) >= cfg.data.batch_size * world_size,
                       num_workers=cfg.data.num_workers)
 
+
 def endless_batches(loader: DataLoader, world_size: int) -> Iterator[dict[str, Any]]:
     """Endless batches, reshuffled each epoch (the distributed sampler needs set_epoch)."""
     epoch = 0
@@ -100,12 +102,35 @@ def endless_batches(loader: DataLoader, world_size: int) -> Iterator[dict[str, A
 
 
 @dataclass
+class TrainData:
+    """What a loop trains on: endless batches {"a", "b": (N, 1, P, P)} and the validation
+    samples {"a", "b": (1, H, W)} it scores (empty on ranks that do not validate)."""
+
+    batches: Iterator[dict[str, Any]]
+    val_set: Sequence[dict[str, Any]]
+
+
+def loader_data(cfg: TrainConfig, world_size: int = 1, *, root: str | Path | None = None,
+                datasets: tuple[FusionPairDataset, FusionPairDataset] | None = None,
+                check: bool = True) -> TrainData:
+    """Training data through a PyTorch DataLoader, in this process: the pairs of `root`
+    (`build_datasets`, which checks every pair when `check`) or the given `datasets` (train,
+    val). The bare loops of bench/ train on it; the Ray Train loop streams with Ray Data
+    (`adaray.data.ingest`)."""
+    if (root is None) == (datasets is None):
+        raise ValueError("loader_data: give the data folder `root` or `datasets`")
+    if datasets is None:
+        datasets = build_datasets(root, cfg.task, cfg.data, check=check)
+    train_set, val_set = datasets
+    return TrainData(endless_batches(make_loader(train_set, cfg, world_size), world_size),
+                     val_set)
+
+
+@dataclass
 class TrainComponents:
     """What a training loop works with (`build_components`)."""
 
-    train_set: FusionPairDataset
-    val_set: FusionPairDataset
-    loader: DataLoader
+    data: TrainData
     model: nn.Module  # as wrapped by `prepare_model` (DDP under Ray Train)
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
@@ -118,43 +143,30 @@ class TrainComponents:
 
 
 def build_components(
-    cfg: TrainConfig, world_size: int = 1, *, root: str | Path | None = None,
-    datasets: tuple[FusionPairDataset, FusionPairDataset] | None = None, check: bool = True,
-    schedule: Callable[[int], float] | None = None,
+    cfg: TrainConfig, data: TrainData, *, schedule: Callable[[int], float] | None = None,
     prepare_model: Callable[[nn.Module], nn.Module] | None = None,
-    prepare_loader: Callable[[DataLoader], DataLoader] | None = None,
     device: torch.device | None = None,
 ) -> TrainComponents:
-    """Data, model, optimizer, schedule and loss of `cfg` for one of `world_size` ranks.
+    """Model, optimizer, schedule and loss of `cfg` around its training `data`.
 
-    The data is the split of the folder `root` (`build_datasets`, which checks every pair when
-    `check`), or the given `datasets` (train, val); `schedule` replaces the lr schedule
-    (`build_optimizer`).
-    `prepare_model` and `prepare_loader` wrap the model and loader before the optimizer is
-    built (Ray Train's `prepare_model` / `prepare_data_loader`: device, DDP, sampler);
-    `device` is where batches go (default CPU).
+    `schedule` replaces the lr schedule (`build_optimizer`); `prepare_model` wraps the model
+    before the optimizer is built (Ray Train's `prepare_model`: device and DDP); `device` is
+    where batches go (default CPU).
     """
-    if (root is None) == (datasets is None):
-        raise ValueError("build_components: give the data folder `root` or `datasets`")
-    if datasets is None:
-        datasets = build_datasets(root, cfg.task, cfg.data, check=check)
-    train_set, val_set = datasets
-    loader = make_loader(train_set, cfg, world_size)
-    if prepare_loader is not None:
-        loader = prepare_loader(loader)
     model: nn.Module = AdaSFFuse(cfg.model)
     if prepare_model is not None:
         model = prepare_model(model)
     model.train()
     optimizer, scheduler = build_optimizer(model, cfg, schedule)
-    return TrainComponents(train_set, val_set, loader, model, optimizer, scheduler,
+    return TrainComponents(data, model, optimizer, scheduler,
                            FusionLoss(cfg.loss.resolved(cfg.task)),
                            device or torch.device("cpu"))
 
 
-def train_step(parts: TrainComponents, batch: dict[str, Any],
+def train_step(parts: TrainComponents,
                grad_clip: float) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
-    """One optimizer step on `batch`: (loss, loss terms, samples in the batch)."""
+    """One optimizer step on the next batch: (loss, loss terms, samples in the batch)."""
+    batch = next(parts.data.batches)
     a, b = batch["a"].to(parts.device), batch["b"].to(parts.device)
     with parts.autocast():
         fused = parts.model(a, b)

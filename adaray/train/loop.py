@@ -3,14 +3,15 @@ validation and checkpoints.
 
 Resuming is the V2 way: build the trainer again with the same run name and storage and call
 `fit()`; the loop restores model, optimizer, schedule, RNG states, step and MLflow run from
-`ray.train.get_checkpoint()`.
+`ray.train.get_checkpoint()`. The data starts a new pass (epoch) over the training set, in a new
+order with new patches: the steps after a resume are exact in count and model state, not in the
+batches an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -26,9 +27,8 @@ from torch import nn
 
 from adaray.checkpoint import MODEL_FILENAME, model_payload, unwrap
 from adaray.config import from_dict, to_dict
-from adaray.data.location import Location
-from adaray.errors import InputNotFoundError
-from adaray.train.components import build_components, endless_batches, prepare_process, train_step
+from adaray.data.ingest import TRAIN, VALIDATION, shard_batches, validation_samples
+from adaray.train.components import TrainData, build_components, prepare_process, train_step
 from adaray.train.config import RunSettings, TrainConfig
 from adaray.train.validation import validate
 
@@ -47,16 +47,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     _quiet_ray_report_log()
     prepare_process(run.cpus_per_worker, cfg.seed + rank)
 
-    # Data: every worker must reach the data (object storage, or a filesystem on every node).
-    if not Location.of(run.data).exists():
-        raise InputNotFoundError(f"data {run.data} is not readable on node "
-                                 f"{socket.gethostname()} (worker rank {rank}); on a cluster "
-                                 "it must be in object storage that every node can reach, or "
-                                 "on a filesystem mounted on every node")
-    # Data, model (DDP), optimizer, schedule, loss: the setup every loop shares.
-    parts = build_components(cfg, world_size, root=run.data, check=rank == 0,
-                             prepare_model=ray.train.torch.prepare_model,
-                             prepare_loader=ray.train.torch.prepare_data_loader,
+    # Data: this worker's shard of the Ray Data training set (adaray.data.ingest); rank 0 also
+    # reads the validation pairs. Then model (DDP), optimizer, schedule and loss: the setup
+    # every loop shares.
+    data = TrainData(shard_batches(ray.train.get_dataset_shard(TRAIN), cfg.data),
+                     validation_samples(ray.train.get_dataset_shard(VALIDATION))
+                     if rank == 0 else [])
+    parts = build_components(cfg, data, prepare_model=ray.train.torch.prepare_model,
                              device=ray.train.torch.get_device())
     model, optimizer, scheduler = parts.model, parts.optimizer, parts.scheduler
 
@@ -87,10 +84,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         tracker.start_run(run.name, params, tags, run_id=mlflow_run_id,
                           parent_run_id=mlflow_run["parent_run_id"])
 
-    batches = endless_batches(parts.loader, world_size)
     samples, window_start = 0, time.perf_counter()
     while step < cfg.max_steps:
-        loss, terms, batch_size = train_step(parts, next(batches), cfg.optim.grad_clip)
+        loss, terms, batch_size = train_step(parts, cfg.optim.grad_clip)
         step += 1
         samples += batch_size * world_size
 
@@ -109,7 +105,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             if rank == 0:
                 if is_val:  # validation metrics appear in the reports of validation steps
-                    scores, grid = validate(model, parts.val_set, cfg.val)
+                    scores, grid = validate(model, parts.data.val_set, cfg.val)
                     best_score = max(best_score, scores["val_score"])
                     if grid is not None:
                         tracker.log_image(grid, f"val/step_{step:07d}.png")

@@ -5,6 +5,7 @@ its progress."""
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -15,7 +16,14 @@ from ray.train import Checkpoint, UserCallback
 
 from adaray import SOURCE_TREE
 from adaray.config import ConfigError, to_dict
-from adaray.data import build_datasets
+from adaray.data import ImagePair, discover_pairs, split_pairs
+from adaray.data.ingest import (
+    TRAIN,
+    VALIDATION,
+    quiet_ray_data,
+    train_dataset,
+    validation_dataset,
+)
 from adaray.data.location import Location
 from adaray.data.pairs import is_manifest
 from adaray.errors import InputNotFoundError
@@ -80,10 +88,17 @@ def prepare_config(cfg: TrainConfig, run: RunSettings) -> tuple[TrainConfig, Run
     root = Location.of(run.data)
     if not (is_manifest(root) or root.is_dir()):
         raise InputNotFoundError(f"data folder not found: {root}")
-    build_datasets(root, cfg.task, cfg.data, check=False)  # pairs are discoverable
+    split_training_pairs(cfg, root)  # pairs are discoverable
     workdir = Path(run.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     return cfg, replace(run, data=str(root), workdir=str(workdir))
+
+
+def split_training_pairs(cfg: TrainConfig,
+                         data: str | Location) -> tuple[list[ImagePair], list[ImagePair]]:
+    """The (train, validation) pairs of the data folder, URI or manifest `data`."""
+    pairs = discover_pairs(data, cfg.task, a_dir=cfg.data.a_dir, b_dir=cfg.data.b_dir)
+    return split_pairs(pairs, cfg.data.val_fraction, cfg.data.max_val_pairs)
 
 
 def build_trainer(
@@ -100,12 +115,14 @@ def build_trainer(
     by default here from MLFLOW_TRACKING_URI and the work folder; a Tune trial gets its sweep
     driver's, since trial processes do not inherit the driver's environment.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from adaray import tracking as mlflow_tracking
 
     cfg, run = prepare_config(cfg, run)
+    train_pairs, val_pairs = split_training_pairs(cfg, run.data)
+    quiet_ray_data()  # the driver's DataContext goes to the workers; the loop prints progress
     workdir = Path(run.workdir)
     run = replace(run, name=run.name or f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}",
                   storage=run.storage or str(workdir / "runs"))
@@ -125,6 +142,10 @@ def build_trainer(
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"train": to_dict(cfg), "run": to_dict(run), "mlflow": mlflow_run},
+        # Made by the controller, on this node, when the worker group starts.
+        datasets={TRAIN: functools.partial(train_dataset, train_pairs, cfg.data),
+                  VALIDATION: functools.partial(validation_dataset, val_pairs, cfg.data)},
+        dataset_config=DataConfig(datasets_to_split=[TRAIN]),
         scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=run.placement_strategy),
