@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ray_cluster import RayTestCluster
+from s3_server import S3Server, start_s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA: Path = Path(
@@ -30,9 +33,36 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# One real Ray cluster for the whole session (tests/ray_cluster.py): the session fixture
-# `ray_cluster` starts it on first use only, so tests that do not ask for it never start Ray.
-from ray_cluster import ray_cluster  # noqa: E402, F401
+# A real S3 API for the whole session (tests/s3_server.py, moto_server on loopback): the bucket
+# `fusion` holds the bundled samples under `samples/`. Its endpoint and test credentials are in
+# this process's environment while it runs, so the Ray cluster below, started after it, passes
+# them to every node, as instance roles or node environments do on a real cluster.
+S3_BUCKET = "fusion"
+S3_SAMPLES = f"s3://{S3_BUCKET}/samples"
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The session's S3 server (started on first use) with the samples uploaded."""
+    server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        with server.activate():
+            server.create_bucket(S3_BUCKET)
+            server.upload_tree(SAMPLES, S3_SAMPLES)
+            yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: S3Server) -> Iterator[RayTestCluster]:
+    """The session's two-node Ray cluster (tests/ray_cluster.py), started by the first test
+    that asks for it, with the S3 server's settings in every node's environment."""
+    cluster = RayTestCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.shutdown()
 
 # Tests that start a Ray cluster, an MLflow server or a Serve app are `slow`: those that take
 # one of these fixtures are marked here, the others that start one themselves carry the mark in

@@ -2,7 +2,7 @@
 
     def test_something(ray_cluster):       # session fixture (conftest.py), started on first use
         with ray_cluster.driver():          # this process joins as a driver, leaves at the end
-            build_trainer(cfg).fit()
+            build_trainer(cfg, run).fit()
         subprocess.run([...], env=ray_cluster.env())   # other drivers / `ray job submit`
 
 `RayTestCluster.start()` runs `ray.cluster_utils.Cluster`: a head node (2 CPUs, dashboard on a
@@ -34,10 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 __all__ = ["RayTestCluster", "free_port", "latest_checkpoint_step", "own_ray_process",
-           "ray_cluster", "ray_processes", "wait_for"]
+           "ray_processes", "wait_for"]
 
 CPUS_PER_NODE = 2
 SESSION_ENV = {"RAY_AUTH_MODE": "disabled"}
@@ -305,13 +303,3 @@ class RayTestCluster:
         if check and left:
             raise RuntimeError("Ray processes outlived the test cluster (killed now): "
                                + "; ".join(described))
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayTestCluster]:
-    """The session's two-node Ray cluster, started by the first test that asks for it."""
-    cluster = RayTestCluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.shutdown()

@@ -1,40 +1,43 @@
 """Pair sources by URI: a local folder, an object-store prefix (a real S3 API, moto_server on
 loopback) and manifests (CSV, Parquet) give the same pairs, the same split and the same errors,
-each naming the object or the manifest row."""
+each naming the object or the manifest row. On the session's two-node cluster: DDP training
+fed by Ray Data from the bucket with checkpoints there, a local folder read on its node only,
+a sweep stored in the bucket, evaluation from it, and a corrupt object named by the CLI."""
 
 from __future__ import annotations
 
-import re
+import dataclasses
+import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pyarrow
 import pyarrow.fs
 import pyarrow.parquet
 import pytest
-from conftest import REPO, SAMPLES
-from s3_server import S3Server, start_s3_server
+import ray
+from conftest import REPO, S3_BUCKET, S3_SAMPLES, SAMPLES
+from s3_server import S3Server
 
+from adaray import tracking
+from adaray.config import to_dict
 from adaray.data import PairError, check_pairs, discover_pairs, read_image, read_pair, split_pairs
 from adaray.data.location import Location
+from adaray.evaluate import evaluate_models
+from adaray.train import build_trainer, load_config
+from adaray.tune import parse_space, run_sweep
 
 TASKS = ("ivf", "mef", "mff", "mif")
-BUCKET = "fusion"
-PREFIX = f"s3://{BUCKET}/samples"
+BUCKET, PREFIX = S3_BUCKET, S3_SAMPLES
 TINY = REPO / "configs" / "tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory) -> S3Server:
-    server = start_s3_server(tmp_path_factory.mktemp("s3"))
-    try:
-        with server.activate():
-            server.create_bucket(BUCKET)
-            assert server.upload_tree(SAMPLES, PREFIX) > 20
-            yield server
-    finally:
-        server.stop()
+@pytest.fixture
+def s3(s3_server: S3Server) -> S3Server:
+    """The session's S3 server (conftest.py): bucket `fusion`, the samples under `samples/`."""
+    return s3_server
 
 
 def _names(pairs) -> list[tuple[str, str, str, str]]:
@@ -149,37 +152,105 @@ def test_locations_name_local_paths_and_uris_alike(tmp_path):
         Path(remote)
 
 
-@pytest.mark.slow  # starts its own Ray, twice
-@pytest.mark.timeout(420)
-def test_train_reads_pairs_from_s3_checkpoints_to_s3_and_resumes(s3, tmp_path):
-    """`adaray train` with `--data s3://...` and `--storage s3://...` on its own local Ray
-    (whose workers inherit the S3 endpoint and credentials, as nodes with an instance role
-    would), then the same command with more steps continues from the checkpoint in S3."""
-    from ray_cluster import own_ray_process
+# ----------------------------------------------------------------------------- on the cluster
 
-    adaray = str(Path(sys.executable).parent / "adaray")
+
+def _train_config(tmp_path: Path, name: str, data: str | Path, storage: str, *overrides: str):
+    return load_config(TINY, ["task=ivf", f"run.data={data}", f"run.name={name}",
+                              f"run.storage={storage}", f"run.workdir={tmp_path / 'work'}",
+                              "log_every=5", "val_every=10", "ckpt_every=10", *overrides])
+
+
+def _checkpoints(s3: S3Server, run_path: str) -> list[str]:
+    infos = s3.filesystem().get_file_info(pyarrow.fs.FileSelector(run_path, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.Directory
+                  and info.base_name.startswith("checkpoint_"))
+
+
+@pytest.mark.timeout(600)
+def test_ddp_reads_only_from_s3_checkpoints_there_and_resumes(ray_cluster, s3, tmp_path):
+    """Two DDP workers, one per node (SPREAD), fed by Ray Data from the bucket, checkpoints
+    in the bucket; the same run with more steps continues from the bucket's checkpoint."""
     storage = f"s3://{BUCKET}/runs"
+    cfg, run = _train_config(tmp_path, "ddp-s3", PREFIX, storage, "max_steps=10",
+                             "run.workers=2", "run.placement_strategy=SPREAD")
+    with ray_cluster.driver():
+        first = build_trainer(cfg, run).fit()
+    assert first.error is None and first.metrics["step"] == 10
+    assert _checkpoints(s3, f"{BUCKET}/runs/ddp-s3")
+    with ray_cluster.driver():
+        second = build_trainer(dataclasses.replace(cfg, max_steps=20), run).fit()
+    assert second.error is None and second.metrics["step"] == 20
+    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(run.workdir))
+    experiment = client.get_experiment_by_name(tracking.experiment_name("ivf"))
+    mlflow_run = client.search_runs([experiment.experiment_id],
+                                    filter_string="tags.run_name = 'ddp-s3'")[0]
+    steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "loss")]
+    assert steps == [5, 10, 15, 20], steps  # the rerun continued after step 10
+    assert len(mlflow_run.data.tags["ray_nodes"].split(",")) == 2
+    assert mlflow_run.data.tags["ray_nodes"].split(",")[0] != \
+        mlflow_run.data.tags["ray_nodes"].split(",")[1]
 
-    def train(max_steps: int, log: Path) -> str:
-        command = [adaray, "train", "--task", "ivf", "--data", PREFIX, "--config",
-                   str(TINY), "--max-steps", str(max_steps), "--storage", storage,
-                   "--name", "s3run", "--set", f"run.workdir={tmp_path / 'work'}",
-                   "--set", "log_every=5", "--set", "ckpt_every=10", "--set", "val_every=10"]
-        with own_ray_process(command, log, "adaray-s3-") as (process, _):
-            code = process.wait(timeout=300)
-        text = log.read_text()
-        assert code == 0, text[-4000:]
-        return text
 
-    first = train(10, tmp_path / "first.log")
-    assert "finished at step 10" in first
-    assert f"all checkpoints: {storage}/s3run" in first
-    checkpoints = [info.path for info in s3.filesystem().get_file_info(
-        pyarrow.fs.FileSelector(f"{BUCKET}/runs/s3run", recursive=False))
-        if info.type == pyarrow.fs.FileType.Directory
-        and info.base_name.startswith("checkpoint_")]
-    assert len(checkpoints) == 1
-    second = train(20, tmp_path / "second.log")
-    steps = [int(s) for s in re.findall(r"\[adaray train\] step (\d+)/20", second)]
-    assert steps and steps[0] == 15, steps  # continued after the checkpoint at step 10
-    assert "finished at step 20" in second
+@pytest.mark.timeout(600)
+def test_a_local_folder_is_read_on_its_node_while_a_worker_trains_on_the_other(ray_cluster,
+                                                                             tmp_path):
+    """The data folder is on the driver's node: the Ray Data tasks that read it run there, and
+    a worker on the other node trains on what they send (it never opens the folder)."""
+    from ray.util.state import list_tasks
+
+    cfg, run = _train_config(tmp_path, "local-spread", SAMPLES, str(tmp_path / "runs"),
+                             "max_steps=10", "run.workers=2", "run.placement_strategy=SPREAD")
+    with ray_cluster.driver():
+        driver_node = ray.get_runtime_context().get_node_id()
+        result = build_trainer(cfg, run).fit()
+        readers = list_tasks(limit=10000, detail=True, filters=[
+            ("job_id", "=", ray.get_runtime_context().get_job_id())])
+    assert result.error is None and result.metrics["step"] == 10
+    read_nodes = {task.node_id for task in readers if "decode_pairs" in task.name}
+    assert read_nodes == {driver_node}, read_nodes
+    client = mlflow.MlflowClient(tracking_uri=tracking.tracking_uri(run.workdir))
+    experiment = client.get_experiment_by_name(tracking.experiment_name("ivf"))
+    nodes = client.search_runs([experiment.experiment_id],
+                               filter_string="tags.run_name = 'local-spread'")[0].data.tags[
+        "ray_nodes"].split(",")
+    assert len(set(nodes)) == 2 and driver_node in nodes  # a worker on each node
+
+
+@pytest.mark.timeout(600)
+def test_sweep_stores_its_trials_in_s3_and_evaluate_reads_s3(ray_cluster, s3, tmp_path):
+    base, run = _train_config(tmp_path, "unused", PREFIX, str(tmp_path / "runs"))
+    space = parse_space({"sweep": {"num_samples": 2, "max_concurrent": 1, "grace_period": 10,
+                                   "max_steps": 10, "reduction_factor": 2, "seed": 0},
+                         "params": {"optim.lr": {"type": "loguniform", "low": 1e-3,
+                                                 "high": 5e-3}}}, to_dict(base))
+    with ray_cluster.driver():
+        result = run_sweep(base, dataclasses.replace(run, name=None), space, name="s3-sweep",
+                           storage=f"s3://{BUCKET}/tune")
+    assert result.best is not None and len(result.outcomes) == 2
+    assert s3.filesystem().get_file_info(f"{BUCKET}/tune/s3-sweep/adaray_sweep.yaml").type == \
+        pyarrow.fs.FileType.File
+    assert len(_checkpoints(s3, f"{BUCKET}/tune/s3-sweep/train/{result.best.trial_id}")) >= 1
+
+    with ray_cluster.driver():
+        evaluation = evaluate_models("ivf", PREFIX, ["baseline:average"], tmp_path / "report",
+                                     metrics=["Qabf", "SSIM"], workdir=tmp_path / "work")
+    assert len(evaluation.rows) == len(discover_pairs(SAMPLES, "ivf"))
+    assert "| average |" in (evaluation.out / "summary.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_training_on_a_corrupt_object_fails_naming_it(ray_cluster, s3, tmp_path):
+    broken = f"s3://{BUCKET}/corrupt/IVF"
+    for pair in discover_pairs(PREFIX, "ivf"):
+        s3.put(f"{broken}/infrared/{pair.a_path.name}", pair.a_path.read_bytes())
+        s3.put(f"{broken}/visible/{pair.b_path.name}", pair.b_path.read_bytes())
+    bad = f"{broken}/visible/{pair.b_path.name}"
+    s3.put(bad, b"\x89PNG truncated")
+    done = subprocess.run([str(Path(sys.executable).parent / "adaray"), "train", "--task", "ivf",
+                           "--data", f"s3://{BUCKET}/corrupt", "--config", str(TINY),
+                           "--max-steps", "4", "--set", f"run.workdir={tmp_path / 'work'}"],
+                          capture_output=True, text=True, env=ray_cluster.env(), timeout=240,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 1
+    assert f"adaray train: training failed: {bad}: " in done.stderr, done.stderr[-3000:]

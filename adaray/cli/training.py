@@ -44,7 +44,7 @@ def train_from_args(args: argparse.Namespace) -> int:
         with placement_groups_released(f"run {trainer.run_config.name}"):
             result = trainer.fit()
     except Exception as exc:  # Ray Train raises the workers' error after its retries
-        print(f"adaray train: training failed: {exc}", file=sys.stderr)
+        print(f"adaray train: training failed: {failure_reason(exc)}", file=sys.stderr)
         return 1
     final = result.metrics or {}
     print(f"run {trainer.run_config.name} finished at step {final.get('step')}: "
@@ -59,6 +59,14 @@ def train_from_args(args: argparse.Namespace) -> int:
     print(f"MLflow: {uri} experiment {tracking.experiment_name(cfg.task)}; browse with: "
           f"mlflow ui --backend-store-uri {uri}")
     return 0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason a run failed, in one line: the message of the adaray error (a bad file or
+    config) that Ray reports inside its error's traceback text, else the error itself."""
+    reasons = [line.split(": ", 1)[1] for line in str(exc).splitlines()
+               if line.startswith("adaray.") and "Error: " in line]
+    return reasons[-1] if reasons else str(exc)
 
 
 def _as_uri(path: str, storage: str | None) -> str:
