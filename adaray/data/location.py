@@ -129,8 +129,6 @@ class Location:
         if self.is_local:
             return Path(self.uri).read_bytes()
         fs, path = self._fs_path()
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"no such object: {self.uri}")
         with fs.open_input_file(path) as stream:
             return stream.read()
 

@@ -82,16 +82,22 @@ def prepare_config(cfg: TrainConfig, run: RunSettings) -> tuple[TrainConfig, Run
     """`cfg` and `run` checked, with absolute data and work folders (the work folder created):
     an unknown task, a missing data folder or one without pairs fails here, before Ray
     starts."""
+    return cfg, _checked_run(cfg, run)[0]
+
+
+def _checked_run(cfg: TrainConfig, run: RunSettings
+                 ) -> tuple[RunSettings, list[ImagePair], list[ImagePair]]:
+    """`prepare_config`'s checks; also returns the (train, validation) pairs it listed."""
     get_task(cfg.task)
     if run.data is None:
         raise ConfigError("run.data: no data folder given (--data PATH)")
     root = Location.of(run.data)
     if not (is_manifest(root) or root.is_dir()):
         raise InputNotFoundError(f"data folder not found: {root}")
-    split_training_pairs(cfg, root)  # pairs are discoverable
+    train_pairs, val_pairs = split_training_pairs(cfg, root)  # pairs are discoverable
     workdir = Path(run.workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    return cfg, replace(run, data=str(root), workdir=str(workdir))
+    return replace(run, data=str(root), workdir=str(workdir)), train_pairs, val_pairs
 
 
 def split_training_pairs(cfg: TrainConfig,
@@ -120,8 +126,7 @@ def build_trainer(
 
     from adaray import tracking as mlflow_tracking
 
-    cfg, run = prepare_config(cfg, run)
-    train_pairs, val_pairs = split_training_pairs(cfg, run.data)
+    run, train_pairs, val_pairs = _checked_run(cfg, run)  # lists the data once
     quiet_ray_data()  # the driver's DataContext goes to the workers; the loop prints progress
     workdir = Path(run.workdir)
     run = replace(run, name=run.name or f"{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}",
