@@ -13,7 +13,7 @@ Several Ray instances may run on one host (two `adaray` commands side by side ea
 own). Ray's State API finds "the" instance by scanning the host when RAY_ADDRESS is unset, and
 fails when it finds more than one; Ray Train's placement-group cleaner is such a caller. So every
 process of an instance adaray starts or joins knows its own address: `init_ray` sets RAY_ADDRESS
-in the driver, and every worker of the job runs `pin_ray_address` when it starts.
+in the driver, and every worker of the job runs `setup_worker` when it starts.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import logging
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# The logger of Ray Data's streaming executor ("Dataset ... execution finished in ... seconds").
+RAY_DATA_EXECUTOR_LOGGER = "ray.data._internal.execution.streaming_executor"
 
 # mallopt parameters from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -60,24 +64,27 @@ def configure_allocator() -> bool:
     return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, _NO_TRIM))
 
 
-def pin_ray_address() -> None:
-    """Worker setup hook: RAY_ADDRESS is this worker's own cluster, so that State API calls in
-    it (Ray Train's placement-group cleaner among them) cannot pick another instance."""
+def setup_worker() -> None:
+    """Worker setup hook of adaray's jobs. RAY_ADDRESS is this worker's own cluster, so that
+    State API calls in it (Ray Train's placement-group cleaner among them) cannot pick another
+    instance. Ray Data's executors in it (the split coordinator that feeds the Train workers
+    among them) log warnings and errors, but no INFO line for every pass over a dataset."""
     import ray
 
     os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+    logging.getLogger(RAY_DATA_EXECUTOR_LOGGER).setLevel(logging.WARNING)
 
 
 def ray_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
     """A job runtime env: `ALLOCATOR_ENV` (plus `env_vars`) in every worker's environment, and
-    `pin_ray_address` run by every worker (Ray's own Train, Tune and Serve actors included).
+    `setup_worker` run by every worker (Ray's own Train, Tune and Serve actors included).
 
     Allocator variables this process already has (e.g. from `ray job submit --runtime-env-json`)
     are left to it: they reach the workers anyway, and Ray refuses to merge the same key twice.
     """
     allocator = {k: v for k, v in ALLOCATOR_ENV.items() if k not in os.environ}
     return {"env_vars": {**allocator, **(env_vars or {})},
-            "worker_process_setup_hook": f"{__name__}.{pin_ray_address.__name__}"}
+            "worker_process_setup_hook": f"{__name__}.{setup_worker.__name__}"}
 
 
 def local_ray_instances() -> dict[str, str]:

@@ -6,10 +6,12 @@
         tracker = Tracker(server.uri, "adaray-test")
 
 The server keeps its runs in `<tmp_dir>/mlflow.db` and proxies artifacts (`--serve-artifacts`)
-into `<tmp_dir>/mlartifacts`, so clients upload and download them over HTTP, as a remote client
-would. `server.stop()` then `server.start()` restarts it on the same store and port: that is how
-tests simulate a tracking outage and its recovery. `stop()` ends exactly the process group it
-started (the `mlflow` CLI and its uvicorn worker).
+into `<tmp_dir>/mlartifacts`, or into `artifacts_destination` (an `s3://` URI: the server's S3
+client reads AWS_ENDPOINT_URL and the credentials from the environment), so clients upload and
+download them over HTTP, as a remote client would. `server.stop()` then `server.start()`
+restarts it on the same store and port: that is how tests simulate a tracking outage and its
+recovery. `stop()` ends exactly the process group it started (the `mlflow` CLI and its uvicorn
+worker).
 """
 
 from __future__ import annotations
@@ -51,9 +53,10 @@ class MlflowServer:
     recovery, as seen by clients). A context manager that stops the server on exit.
     """
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(self, root: Path, port: int, artifacts_destination: str | None = None) -> None:
         self.root = root
         self.port = port
+        self.artifacts_destination = artifacts_destination or str(root / "mlartifacts")
         self.uri = f"http://127.0.0.1:{port}"
         self.log_path = root / f"mlflow-server-{port}.log"
         self.process: subprocess.Popen | None = None
@@ -76,7 +79,7 @@ class MlflowServer:
         command = [
             str(Path(sys.executable).parent / "mlflow"), "server",
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-            "--serve-artifacts", "--artifacts-destination", str(self.root / "mlartifacts"),
+            "--serve-artifacts", "--artifacts-destination", self.artifacts_destination,
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
         ]
         # No job runner: it spawns seven huey consumers (slow start, CPU) that tests never use.
@@ -128,17 +131,18 @@ class MlflowServer:
         self.stop()
 
 
-def start_mlflow_server(tmp_dir: Path, port: int | None = None,
-                        timeout: float = 60.0) -> MlflowServer:
+def start_mlflow_server(tmp_dir: Path, port: int | None = None, timeout: float = 60.0,
+                        artifacts_destination: str | None = None) -> MlflowServer:
     """Start `mlflow server` (1 worker) on 127.0.0.1 and return it once GET /health answers.
 
-    Store: `<tmp_dir>/mlflow.db`, artifacts: `<tmp_dir>/mlartifacts`, log:
+    Store: `<tmp_dir>/mlflow.db`, artifacts: `artifacts_destination` (default
+    `<tmp_dir>/mlartifacts`), log:
     `<tmp_dir>/mlflow-server-<port>.log`. `port` defaults to a free one. Raises RuntimeError
     with the server's log when it exits early or is not healthy within `timeout` seconds.
     """
     root = Path(tmp_dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    server = MlflowServer(root, port or free_port())
+    server = MlflowServer(root, port or free_port(), artifacts_destination)
     server.start(timeout)
     return server
 

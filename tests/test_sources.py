@@ -2,15 +2,19 @@
 loopback) and manifests (CSV, Parquet) give the same pairs, the same split and the same errors,
 each naming the object or the manifest row. On the session's two-node cluster: DDP training
 fed by Ray Data from the bucket with checkpoints there, a local folder read on its node only,
-a sweep stored in the bucket, evaluation from it, and a corrupt object named by the CLI."""
+a sweep stored in the bucket and tracked by an MLflow server whose artifacts are in the bucket,
+its champion served and evaluated from there, and a corrupt object named by the CLI."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
+import cv2
 import mlflow
 import numpy as np
 import pyarrow
@@ -19,19 +23,31 @@ import pyarrow.parquet
 import pytest
 import ray
 from conftest import REPO, S3_BUCKET, S3_SAMPLES, SAMPLES
+from mlflow_server import start_mlflow_server
+from ray_cluster import free_port
 from s3_server import S3Server
 
 from adaray import tracking
+from adaray.checkpoint import MODEL_FILENAME
 from adaray.config import to_dict
 from adaray.data import PairError, check_pairs, discover_pairs, read_image, read_pair, split_pairs
+from adaray.data.dataset import DataConfig
+from adaray.data.ingest import PAIRS_PER_BLOCK, block_count, fetched_ahead
 from adaray.data.location import Location
+from adaray.errors import DataError
 from adaray.evaluate import evaluate_models
+from adaray.fusion import fuse_arrays
+from adaray.loading import load_model_from
+from adaray.runtime import ray_runtime_env
+from adaray.serving.client import post_fuse
 from adaray.train import build_trainer, load_config
 from adaray.tune import parse_space, run_sweep
 
 TASKS = ("ivf", "mef", "mff", "mif")
 BUCKET, PREFIX = S3_BUCKET, S3_SAMPLES
 TINY = REPO / "configs" / "tiny.yaml"
+SMALL_SERVE = {"FusionModels": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}},
+               "FusionAPI": {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.1}}}
 
 
 @pytest.fixture
@@ -152,6 +168,35 @@ def test_locations_name_local_paths_and_uris_alike(tmp_path):
         Path(remote)
 
 
+@pytest.mark.parametrize(("pairs", "tasks", "blocks"), [
+    (1, 2, 1), (3, 2, 3), (20, 2, 8), (151, 2, 19), (151, 8, 32), (1000, 2, 125)])
+def test_blocks_hold_at_most_8_pairs_and_keep_each_ingest_task_busy(pairs, tasks, blocks):
+    cfg = DataConfig(ingest_tasks=tasks)
+    assert block_count(pairs, cfg) == blocks
+    assert math.ceil(pairs / blocks) <= PAIRS_PER_BLOCK or blocks == 4 * tasks
+
+
+def test_fetched_ahead_takes_the_first_item_before_it_is_asked_for():
+    taken = threading.Event()
+
+    def items():
+        taken.set()
+        yield from range(3)
+
+    ahead = fetched_ahead(items())
+    assert taken.wait(10)  # without a `next` from this thread
+    assert list(ahead) == [0, 1, 2]
+
+    def broken():
+        raise DataError("s3://fusion/x.png: not an image")
+        yield
+
+    failing = fetched_ahead(broken())
+    with pytest.raises(DataError, match=r"s3://fusion/x\.png"):  # raised where consumed
+        next(failing)
+    assert list(fetched_ahead(iter(()))) == []
+
+
 # ----------------------------------------------------------------------------- on the cluster
 
 
@@ -217,26 +262,80 @@ def test_a_local_folder_is_read_on_its_node_while_a_worker_trains_on_the_other(r
     assert len(set(nodes)) == 2 and driver_node in nodes  # a worker on each node
 
 
-@pytest.mark.timeout(600)
-def test_sweep_stores_its_trials_in_s3_and_evaluate_reads_s3(ray_cluster, s3, tmp_path):
-    base, run = _train_config(tmp_path, "unused", PREFIX, str(tmp_path / "runs"))
-    space = parse_space({"sweep": {"num_samples": 1, "max_concurrent": 1, "grace_period": 10,
-                                   "max_steps": 10, "reduction_factor": 2, "seed": 0},
-                         "params": {"optim.lr": {"type": "loguniform", "low": 1e-3,
-                                                 "high": 5e-3}}}, to_dict(base))
-    with ray_cluster.driver():
-        result = run_sweep(base, dataclasses.replace(run, name=None), space, name="s3-sweep",
-                           storage=f"s3://{BUCKET}/tune")
-    assert result.best is not None and len(result.outcomes) == 1
-    assert s3.filesystem().get_file_info(f"{BUCKET}/tune/s3-sweep/adaray_sweep.yaml").type == \
-        pyarrow.fs.FileType.File
-    assert len(_checkpoints(s3, f"{BUCKET}/tune/s3-sweep/train/{result.best.trial_id}")) >= 1
+def _objects(s3: S3Server, prefix: str) -> list[str]:
+    """Every object key under `prefix` (bucket/key...), folders walked."""
+    infos = s3.filesystem().get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True,
+                                                                   allow_not_found=True))
+    return sorted(info.path for info in infos if info.type == pyarrow.fs.FileType.File)
 
-    with ray_cluster.driver():
-        evaluation = evaluate_models("ivf", PREFIX, ["baseline:average"], tmp_path / "report",
-                                     metrics=["Qabf", "SSIM"], workdir=tmp_path / "work")
-    assert len(evaluation.rows) == len(discover_pairs(SAMPLES, "ivf"))
-    assert "| average |" in (evaluation.out / "summary.md").read_text()
+
+@pytest.mark.timeout(600)
+def test_sweep_and_mlflow_artifacts_in_s3_serve_and_evaluate_the_champion(ray_cluster, s3,
+                                                                          tmp_path, monkeypatch):
+    """A sweep on S3 data with its trials stored in the bucket, tracked by an MLflow server
+    whose artifacts go to the bucket (`--artifacts-destination s3://...`): the champion's model
+    file lands there; Serve loads `models:/adasffuse-ivf@champion` through the server and fuses
+    over HTTP what the local model fuses; evaluate reads the pairs and the champion from S3."""
+    from ray import serve
+
+    from adaray.serving.app import build_application
+
+    server = start_mlflow_server(tmp_path / "mlflow", artifacts_destination=f"s3://{BUCKET}/mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.uri)
+    try:
+        base, run = _train_config(tmp_path, "unused", PREFIX, str(tmp_path / "runs"))
+        space = parse_space({"sweep": {"num_samples": 1, "max_concurrent": 1, "grace_period": 10,
+                                       "max_steps": 10, "reduction_factor": 2, "seed": 0},
+                             "params": {"optim.lr": {"type": "loguniform", "low": 1e-3,
+                                                     "high": 5e-3}}}, to_dict(base))
+        with ray_cluster.driver():
+            result = run_sweep(base, dataclasses.replace(run, name=None), space,
+                               name="s3-sweep", storage=f"s3://{BUCKET}/tune")
+        assert result.best is not None and len(result.outcomes) == 1 and result.promoted
+        assert s3.filesystem().get_file_info(f"{BUCKET}/tune/s3-sweep/adaray_sweep.yaml"
+                                             ).type == pyarrow.fs.FileType.File
+        assert len(_checkpoints(s3, f"{BUCKET}/tune/s3-sweep/train/"
+                                    f"{result.best.trial_id}")) >= 1
+
+        # The champion's files are in the bucket, and nowhere on this machine's disk.
+        champion = tracking.ModelRegistry(server.uri).champion("adasffuse-ivf")
+        artifacts = _objects(s3, f"{BUCKET}/mlflow")
+        assert any(key.endswith(f"/{champion.run_id}/artifacts/model/{MODEL_FILENAME}")
+                   for key in artifacts), artifacts
+        assert not (server.root / "mlartifacts").exists()
+
+        # Serve: the champion, downloaded through the server from the bucket, over HTTP.
+        source = "models:/adasffuse-ivf@champion"
+        pair = discover_pairs(SAMPLES, "ivf")[0]
+        port = free_port()
+        with ray_cluster.driver(runtime_env=ray_runtime_env({"MLFLOW_TRACKING_URI": server.uri})):
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            try:
+                serve.run(build_application({"tasks": ["ivf"], "models": {"ivf": source},
+                                             "workdir": str(tmp_path / "work")}, SMALL_SERVE),
+                          name="s3-champion", route_prefix="/")
+                body, headers = post_fuse(f"http://127.0.0.1:{port}", pair.a_path,
+                                          pair.b_path, "ivf", route_wait_s=30)
+            finally:
+                serve.shutdown()
+        headers = {key.lower(): value for key, value in headers.items()}
+        assert headers["x-adaray-model-version"] == str(champion.version)
+        served = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED)
+        a, b = read_pair(pair)
+        local = np.rint(np.clip(fuse_arrays(load_model_from(source, server.uri), a, b), 0, 1)
+                        * 255)
+        served = served[:, :, ::-1] if served.ndim == 3 else served  # OpenCV decodes BGR
+        assert np.abs(served.astype(np.int16) - local.astype(np.int16)).max() <= 1
+
+        with ray_cluster.driver():
+            evaluation = evaluate_models("ivf", PREFIX, ["baseline:average", source],
+                                         tmp_path / "report", metrics=["Qabf", "SSIM"],
+                                         workdir=tmp_path / "work")
+    finally:
+        server.stop()
+    assert len(evaluation.rows) == 2 * len(discover_pairs(SAMPLES, "ivf"))
+    summary = (evaluation.out / "summary.md").read_text()
+    assert "| average |" in summary and "adasffuse-ivf@champion" in summary, summary
 
 
 @pytest.mark.timeout(300)

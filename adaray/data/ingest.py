@@ -1,10 +1,12 @@
 """Streaming ingest with Ray Data: how the Ray Train loop gets its training batches.
 
 The driver lists and splits the pairs (`adaray.data.pairs`); the datasets made here hold only
-their locations (local paths or object URIs). In `map_batches` tasks Ray Data reads each pair,
-decodes it and keeps its luma planes (float16, in the object store, when `DataConfig.cache`;
-read again every epoch otherwise), then cuts random paired patches with flips and rotations
-(`paired_transform`, as the DataLoader path does) anew on every pass, in a new pair order.
+their locations (local paths or object URIs), a few pairs per block (`block_count`). In
+`map_batches` tasks Ray Data reads each pair, decodes it and keeps its luma planes (float16, in
+the object store, when `DataConfig.cache`; read again every epoch otherwise), then cuts random
+paired patches with flips and rotations (`paired_transform`, as the DataLoader path does) anew
+on every pass, in a new order (the blocks shuffled, the pairs mixed further by each shard's
+local shuffle buffer).
 Each Train worker iterates its shard of the training set (`shard_batches`); rank 0 reads the
 whole validation set once (`validation_samples`). No worker opens a file itself: the ingest
 tasks do, on the node that holds a local data folder or anywhere for object storage.
@@ -12,8 +14,10 @@ tasks do, on the node that holds a local data folder or anywhere for object stor
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
-from typing import Any
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -24,6 +28,8 @@ from adaray.data.pairs import ImagePair, read_pair
 
 TRAIN, VALIDATION = "train", "val"  # the datasets' names for Ray Train (get_dataset_shard)
 NODE_ID_LABEL = "ray.io/node-id"  # the label every Ray node carries with its ID
+PAIRS_PER_BLOCK = 8
+Item = TypeVar("Item")
 
 
 def quiet_ray_data() -> None:
@@ -74,8 +80,15 @@ def random_patches(batch: dict[str, np.ndarray], patch_size: int) -> dict[str, n
     return {"a": np.stack(patches_a)[:, None], "b": np.stack(patches_b)[:, None]}
 
 
+def block_count(pairs: int, cfg: DataConfig) -> int:
+    """Blocks of at most PAIRS_PER_BLOCK pairs, but at least 4 per ingest task (as far as the
+    pairs go): each Ray Data task costs tens of milliseconds, a pair's decode a few, while
+    the blocks are the unit that a pass shuffles and that the workers' shards share out."""
+    return max(1, min(pairs, max(math.ceil(pairs / PAIRS_PER_BLOCK), 4 * cfg.ingest_tasks)))
+
+
 def _decoded(pairs: Sequence[ImagePair], cfg: DataConfig) -> Any:
-    """The decoded pairs: one block per pair, read where the data is."""
+    """The decoded pairs in `block_count` blocks, read where the data is."""
     import ray
     import ray.data
 
@@ -85,8 +98,8 @@ def _decoded(pairs: Sequence[ImagePair], cfg: DataConfig) -> Any:
     if all(p.a_path.is_local and p.b_path.is_local for p in pairs):
         # A local folder is on this node only (the driver's, where the run was checked).
         options["label_selector"] = {NODE_ID_LABEL: ray.get_runtime_context().get_node_id()}
-    rows = ray.data.from_items(_rows(pairs), override_num_blocks=max(1, len(pairs)))
-    return rows.map_batches(decode_pairs, batch_size=1, **options)
+    rows = ray.data.from_items(_rows(pairs), override_num_blocks=block_count(len(pairs), cfg))
+    return rows.map_batches(decode_pairs, batch_size=None, **options)
 
 
 def decoded_training_pairs(pairs: Sequence[ImagePair], cfg: DataConfig) -> Any:
@@ -97,12 +110,12 @@ def decoded_training_pairs(pairs: Sequence[ImagePair], cfg: DataConfig) -> Any:
 
 
 def patch_stream(decoded: Any, cfg: DataConfig) -> Any:
-    """Random patches {"a", "b": (1, P, P) float32} of the decoded pairs, in a new pair order
+    """Random patches {"a", "b": (1, P, P) float32} of the decoded pairs, in a new block order
     and with new crops on every pass."""
     import ray.data
 
     return decoded.randomize_block_order().map_batches(
-        random_patches, batch_size=1, num_cpus=cfg.ingest_cpus,
+        random_patches, batch_size=None, num_cpus=cfg.ingest_cpus,
         compute=ray.data.TaskPoolStrategy(size=cfg.ingest_tasks),
         fn_kwargs={"patch_size": cfg.patch_size})
 
@@ -127,6 +140,24 @@ def shard_batches(shard: Any, cfg: DataConfig) -> Iterator[dict[str, torch.Tenso
         yield from shard.iter_torch_batches(batch_size=cfg.batch_size,
                                             prefetch_batches=cfg.prefetch_batches,
                                             local_shuffle_buffer_size=4 * cfg.batch_size)
+
+
+def fetched_ahead(items: Iterator[Item]) -> Iterator[Item]:
+    """`items`, whose first element is fetched now on a helper thread: the pipeline behind it
+    starts (for a shard: Ray Data's split coordinator, the first reads and patches) while the
+    caller sets up its model. An error of that fetch is raised at the first `next`."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="adaray-first-batch")
+    first = pool.submit(next, items)
+    pool.shutdown(wait=False)
+    return _after_first(first, items)
+
+
+def _after_first(first: Future, items: Iterator[Item]) -> Iterator[Item]:
+    try:
+        yield first.result()
+    except StopIteration:
+        return
+    yield from items
 
 
 def validation_samples(shard: Any) -> list[dict[str, torch.Tensor]]:

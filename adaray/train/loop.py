@@ -27,7 +27,13 @@ from torch import nn
 
 from adaray.checkpoint import MODEL_FILENAME, model_payload, unwrap
 from adaray.config import from_dict, to_dict
-from adaray.data.ingest import TRAIN, VALIDATION, shard_batches, validation_samples
+from adaray.data.ingest import (
+    TRAIN,
+    VALIDATION,
+    fetched_ahead,
+    shard_batches,
+    validation_samples,
+)
 from adaray.train.components import TrainData, build_components, prepare_process, train_step
 from adaray.train.config import RunSettings, TrainConfig
 from adaray.train.validation import validate
@@ -50,8 +56,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Data: this worker's shard of the Ray Data training set (adaray.data.ingest); rank 0 also
     # reads the validation pairs. Then model (DDP), optimizer, schedule and loss: the setup
     # every loop shares.
-    data = TrainData(shard_batches(ray.train.get_dataset_shard(TRAIN), cfg.data),
-                     validation_samples(ray.train.get_dataset_shard(VALIDATION))
+    # The first batch is fetched meanwhile, so the pipeline starts while the model is built.
+    batches = fetched_ahead(shard_batches(ray.train.get_dataset_shard(TRAIN), cfg.data))
+    data = TrainData(batches, validation_samples(ray.train.get_dataset_shard(VALIDATION))
                      if rank == 0 else [])
     parts = build_components(cfg, data, prepare_model=ray.train.torch.prepare_model,
                              device=ray.train.torch.get_device())
