@@ -2,7 +2,8 @@
 
 Each subcommand has an `add_<command>_arguments(parser)` and a `cmd_<command>(args)` in the
 module of its area: `inference` (info, fuse, serve), `training` (train, tune, models, demo) and
-`evaluation` (evaluate, benchmark-quality); the scripts in jobs/ take the same arguments.
+`evaluation` (evaluate, benchmark-quality, downstream); the scripts in jobs/ take the same
+arguments.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None],
      inference.add_fuse_arguments, inference.cmd_fuse),
     ("benchmark-quality", "train per task, score against the baselines, write a page",
      evaluation.add_quality_arguments, evaluation.cmd_benchmark_quality),
+    ("downstream", "train a detector on infrared, visible and fused images; compare mAP",
+     evaluation.add_downstream_arguments, evaluation.cmd_downstream),
     ("demo", "train, sweep, promote, evaluate and serve, locally",
      training.add_demo_arguments, training.cmd_demo),
     ("evaluate", "score models and baselines on pairs (Ray)",

@@ -1,4 +1,5 @@
-"""Commands that score models: `adaray evaluate` and `adaray benchmark-quality`."""
+"""Commands that score models: `adaray evaluate`, `adaray benchmark-quality` and
+`adaray downstream`."""
 
 from __future__ import annotations
 
@@ -86,4 +87,51 @@ def cmd_benchmark_quality(args: argparse.Namespace) -> int:
     print(f"\nwrote {args.out}:")
     for r in results:
         print(f"  {r.task}: {r.verdict}")
+    return 0
+
+
+def add_downstream_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of `adaray downstream` (and of jobs/downstream.py)."""
+    from adaray.downstream.detector import ARCHITECTURES, DetectorConfig
+    from adaray.downstream.labels import LABEL_SETS
+
+    defaults = DetectorConfig()
+    parser.add_argument("--data", required=True,
+                        help="labelled pairs: infrared/, visible/, labels/<set>/, classes.txt "
+                             "(as ../shared/data/downstream/MSRS-det)")
+    parser.add_argument("--model", action="append", default=[], metavar="SOURCE",
+                        help="a fusion model (model.pt, checkpoint folder, runs:/, "
+                             "models:/NAME@ALIAS) or baseline:NAME; repeatable. Infrared and "
+                             "visible alone are always inputs")
+    parser.add_argument("--out", required=True, help="report folder")
+    parser.add_argument("--labels", choices=LABEL_SETS, default="union",
+                        help="ground truth for every input (default: union of the infrared "
+                             "and visible boxes, overlapping boxes of a class merged)")
+    parser.add_argument("--seeds", type=int, default=3, help="trainings per input (default 3)")
+    parser.add_argument("--detector", choices=ARCHITECTURES, default=defaults.arch,
+                        help=f"torchvision detector (default {defaults.arch})")
+    parser.add_argument("--epochs", type=int, default=defaults.epochs,
+                        help=f"training epochs per input and seed (default {defaults.epochs})")
+    parser.add_argument("--weights", help="local detector weights to start from (tensors that "
+                                          "fit by name and shape; default: from scratch)")
+    parser.add_argument("--test-fraction", type=float, default=0.3,
+                        help="held-out share of the pairs (name-hash split; default 0.3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a few steps on a few images: checks the pipeline, not detectors")
+    parser.add_argument("--workdir", default="adaray_work",
+                        help="work folder of the embedded MLflow store")
+    add_ray_arguments(parser)
+
+
+def cmd_downstream(args: argparse.Namespace) -> int:
+    """`adaray downstream`: the same detector trained on infrared, visible and fused images."""
+    from adaray.downstream import DetectorConfig, run_downstream
+
+    detector = DetectorConfig(arch=args.detector, epochs=args.epochs)
+    result = run_downstream(args.data, args.model, args.out, labels=args.labels,
+                            seeds=args.seeds, detector=detector, weights=args.weights,
+                            test_fraction=args.test_fraction, quick=args.quick,
+                            workdir=args.workdir)
+    print(f"{len(result.results)} trainings in {result.wall_s:.0f} s: {result.out}/summary.md, "
+          f"summary.json, per_class.csv, map.png, detections.png")
     return 0
