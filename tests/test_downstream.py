@@ -193,6 +193,60 @@ def test_map_is_one_for_the_ground_truth_and_zero_for_nothing():
     assert partly["map_50"] == pytest.approx(1.0) and 0.0 < partly["map"] < 1.0
 
 
+def test_weights_load_the_tensors_that_fit(tmp_path):
+    import torch
+
+    from adaray.downstream.detector import build_detector
+    from adaray.errors import ModelFileError
+
+    trained, _ = build_detector("ssdlite320_mobilenet_v3_large", len(CLASSES))
+    torch.save(trained.state_dict(), tmp_path / "same.pt")
+    model, note = build_detector("ssdlite320_mobilenet_v3_large", len(CLASSES),
+                                 tmp_path / "same.pt")
+    total = len(model.state_dict())
+    assert note == f"started from {total} of {total} tensors of same.pt"
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, trained.state_dict()[key])
+    # Another class count: everything but the class head fits.
+    other, _ = build_detector("ssdlite320_mobilenet_v3_large", 9)
+    torch.save({"model": other.state_dict()}, tmp_path / "other.pt")
+    _, note = build_detector("ssdlite320_mobilenet_v3_large", len(CLASSES), tmp_path / "other.pt")
+    assert note.startswith("started from ") and f" of {total} " in note
+    assert int(note.split()[2]) < total
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "unrelated.pt")
+    with pytest.raises(ModelFileError, match=r"unrelated\.pt: none of its 1 tensors fits"):
+        build_detector("ssdlite320_mobilenet_v3_large", len(CLASSES), tmp_path / "unrelated.pt")
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFileError, match=r"broken\.pt: cannot load"):
+        build_detector("ssdlite320_mobilenet_v3_large", len(CLASSES), tmp_path / "broken.pt")
+
+
+def test_differences_are_called_only_beyond_the_seed_spread():
+    from adaray.downstream.report import differences, summarize
+
+    def runs(name, values):
+        return [{"input": name, "seed": seed, "map_50": v, "map": v / 2, "train_s": 1.0,
+                 "map_50_per_class": dict.fromkeys(CLASSES, v),
+                 "map_per_class": dict.fromkeys(CLASSES, v / 2)}
+                for seed, v in enumerate(values)]
+
+    results = (runs("infrared", [0.10, 0.12, 0.11]) + runs("visible", [0.20, 0.22, 0.21])
+               + runs("fused", [0.30, 0.31, 0.29]) + runs("close", [0.18, 0.23, 0.20]))
+    summary = summarize(results, ["infrared", "visible", "fused", "close"], CLASSES)
+    assert summary["visible"]["map_50"][0] == pytest.approx(0.21)
+    assert summary["visible"]["map_50"][1] == pytest.approx(0.01)  # sample std
+    lines = differences(summary)
+    assert any(line.startswith("- fused vs visible: +0.090") and "(better;" in line
+               for line in lines), lines
+    assert any(line.startswith("- infrared vs visible:") and "(worse;" in line for line in lines)
+    assert any(line.startswith("- close vs visible:") and "within the seed spread" in line
+               for line in lines)
+    one = summarize(runs("infrared", [0.1]) + runs("visible", [0.3]), ["infrared", "visible"],
+                    CLASSES)
+    assert differences(one) == ["- one seed: no spread to compare against, so no difference "
+                                "is called"]
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -136,7 +136,8 @@ def run_downstream(data: str | Path, sources: list[str], out: str | Path, *,
     test = list(range(len(dataset.train), len(samples)))
     print(f"[adaray downstream] {len(dataset.train)} training / {len(dataset.test)} held-out "
           f"pairs, {len(dataset.classes)} classes, labels {labels}; inputs: infrared, visible"
-          f"{''.join(', ' + n for n in names)}; {seeds} seeds", flush=True)
+          f"{''.join(', ' + n for n in names)}; seeds {', '.join(map(str, range(seeds)))}",
+          flush=True)
 
     init_ray()
     inputs = {"infrared": [_uint8(read_image(s.pair.a_path)) for s in samples],

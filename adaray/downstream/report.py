@@ -55,6 +55,8 @@ def differences(summary: dict[str, dict[str, Any]], key: str = "map_50") -> list
                and not math.isnan(summary[name][key][0])]
     if not singles:
         return []
+    if min(len(entry["seeds"]) for entry in summary.values()) < 2:
+        return ["- one seed: no spread to compare against, so no difference is called"]
     best = max(singles, key=lambda name: summary[name][key][0])
     (best_mean, best_std), lines = summary[best][key], []
     for name, entry in summary.items():
