@@ -25,8 +25,9 @@ from adaray.config import ConfigError
 from adaray.downstream.labels import Boxes
 from adaray.errors import ModelFileError
 
-# The default trains 10.4 images/s on one core here (bench/downstream.py); the two Faster R-CNN
-# variants 0.6 and 0.5: for GPUs or a pretrained `--weights`.
+# On one core here (bench/downstream.py) the default trains 9.4 images/s, the two Faster R-CNN
+# variants 1.2 and 0.5: those are for a pretrained `--weights` and a longer budget. All train on
+# CPU.
 ARCHITECTURES = ("ssdlite320_mobilenet_v3_large", "fasterrcnn_mobilenet_v3_large_320_fpn",
                  "fasterrcnn_mobilenet_v3_large_fpn")
 
