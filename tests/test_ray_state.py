@@ -9,7 +9,7 @@ and never removed must be gone when the block ends.
 from __future__ import annotations
 
 import pytest
-from ray_cluster import RayTestCluster
+from ray_cluster import RayTestCluster, wait_for
 
 from adaray.ray_state import (
     ResourceWaitWatch,
@@ -26,11 +26,30 @@ def _placement_group(bundles: list[dict[str, float]], strategy: str = "PACK") ->
     return placement_group(bundles, strategy=strategy)
 
 
+def _groups_of_other_jobs() -> list[str]:
+    """Placement groups of jobs other than this one that still hold or ask for resources."""
+    import ray
+    from ray.util.state import list_placement_groups
+
+    job_id = ray.get_runtime_context().get_job_id()
+    return [f"{g.placement_group_id[:12]} (job {g.creator_job_id}, {g.state})"
+            for g in list_placement_groups(detail=True)
+            if g.state in ("PENDING", "CREATED", "RESCHEDULING") and g.creator_job_id != job_id]
+
+
 def test_wait_message_names_the_request_the_cluster_and_the_holders(ray_cluster: RayTestCluster):
     import ray
     from ray.util.placement_group import remove_placement_group
 
     with ray_cluster.driver():
+        # The message lists every holder: the groups of jobs that earlier tests ended must be
+        # gone first (Ray removes a finished job's groups a moment after it ends; one that
+        # stays longer is a leak, and fails here naming it).
+        try:
+            wait_for(lambda: not _groups_of_other_jobs(), 60, interval=0.5,
+                     what="no placement group of an ended job")
+        except TimeoutError:
+            pytest.fail(f"placement groups left by ended jobs: {_groups_of_other_jobs()}")
         holder = _placement_group([{"CPU": 2}], "STRICT_PACK")
         ray.get(holder.ready(), timeout=60)
         waiting = _placement_group([{"CPU": 2}, {"CPU": 2}], "STRICT_SPREAD")
