@@ -70,6 +70,29 @@ def model_label(source: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@-]+", "_", label).strip("_") or "model"
 
 
+def resolve_sources(sources: list[str], labels: list[str]) -> list[str]:
+    """Check model sources and their report labels before Ray starts: an unknown baseline, a
+    missing model file or two models with one label fail naming it. Returns the sources with
+    local paths made absolute (Ray workers have their own working folder)."""
+    from adaray.baselines import BASELINE_PREFIX, get_baseline
+
+    if len(labels) != len(sources):
+        raise ConfigError(f"labels: {len(labels)} labels for {len(sources)} models")
+    resolved = []
+    for source in sources:
+        if source.startswith(BASELINE_PREFIX):
+            get_baseline(source)  # unknown names fail here
+        elif not source.startswith(("models:/", "runs:/")):
+            if not Path(source).exists():
+                raise InputNotFoundError(f"--model: model file or folder not found: {source}")
+            source = str(Path(source).resolve())
+        resolved.append(source)
+    duplicated = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicated:
+        raise ConfigError(f"--model: two models are both named {duplicated[0]!r} in the report")
+    return resolved
+
+
 def _fuse_chunk(source: str, label: str, pairs: list[ImagePair], out: str, tracking_uri: str,
                 metrics: list[str]) -> list[dict[str, Any]]:
     """Load the model once, fuse, write and score each pair (runs as a Ray task)."""
@@ -172,7 +195,6 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     missing model file) fails before Ray starts. Logs an evaluation run to MLflow (the
     tracking URI of `workdir`, or MLFLOW_TRACKING_URI); a tracking outage only warns.
     """
-    from adaray.baselines import BASELINE_PREFIX, get_baseline
     from adaray.tracking import Tracker, artifact_root, experiment_name, tracking_uri
 
     started = time.monotonic()
@@ -184,20 +206,7 @@ def evaluate_models(task: str, data: str | Path, sources: list[str], out: str | 
     if not sources:
         raise ConfigError("--model: give at least one model or baseline:NAME")
     labels = [model_label(s) for s in labels or sources]
-    if len(labels) != len(sources):
-        raise ConfigError(f"labels: {len(labels)} labels for {len(sources)} models")
-    resolved = []  # local paths made absolute: Ray workers have their own working folder
-    for source in sources:
-        if source.startswith(BASELINE_PREFIX):
-            get_baseline(source)  # unknown names fail here
-        elif not source.startswith(("models:/", "runs:/")):
-            if not Path(source).exists():
-                raise InputNotFoundError(f"--model: model file or folder not found: {source}")
-            source = str(Path(source).resolve())
-        resolved.append(source)
-    duplicated = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicated:
-        raise ConfigError(f"--model: two models are both named {duplicated[0]!r} in the report")
+    resolved = resolve_sources(sources, labels)
     if split not in SPLITS:
         raise ConfigError(f"--split: {split!r} is not one of {', '.join(SPLITS)}")
     pairs = discover_pairs(Location.of(data), task, a_dir=a_dir, b_dir=b_dir)

@@ -89,20 +89,6 @@ def train_and_score(name: str, seed: int, images: list[np.ndarray], train: list[
             "weights_note": note, "shown": found[:show]}
 
 
-def _check_sources(sources: list[str], labels: list[str]) -> None:
-    clash = sorted(set(labels) & set(SINGLE_INPUTS))
-    if clash:
-        raise ConfigError(f"--model: a model may not be named {clash[0]!r} (an input of its "
-                          f"own); rename its file")
-    duplicated = sorted({x for x in labels if labels.count(x) > 1})
-    if duplicated:
-        raise ConfigError(f"--model: two models are both named {duplicated[0]!r}")
-    for source in sources:
-        if not source.startswith(("baseline:", "models:/", "runs:/")) and \
-                not Path(source).exists():
-            raise InputNotFoundError(f"--model: model file or folder not found: {source}")
-
-
 def run_downstream(data: str | Path, sources: list[str], out: str | Path, *,
                    labels: str = "union", seeds: int = 3,
                    detector: DetectorConfig | None = None, weights: str | None = None,
@@ -110,8 +96,7 @@ def run_downstream(data: str | Path, sources: list[str], out: str | Path, *,
                    workdir: str | Path = "adaray_work") -> DownstreamResult:
     """Run the benchmark (module docstring) and return its summary; bad input fails before
     Ray starts, naming the file, line or option."""
-    from adaray.baselines import get_baseline
-    from adaray.evaluate import evaluate_models, model_label
+    from adaray.evaluate import evaluate_models, model_label, resolve_sources
 
     started = time.monotonic()
     detector = detector or DetectorConfig()
@@ -121,11 +106,12 @@ def run_downstream(data: str | Path, sources: list[str], out: str | Path, *,
         raise ConfigError(f"--seeds: must be >= 1, got {seeds}")
     if weights is not None and not Path(weights).is_file():
         raise InputNotFoundError(f"--weights: file not found: {weights}")
-    for source in sources:
-        if source.startswith("baseline:"):
-            get_baseline(source)
     names = [model_label(s) for s in sources]
-    _check_sources(sources, names)
+    clash = sorted(set(names) & set(SINGLE_INPUTS))
+    if clash:
+        raise ConfigError(f"--model: a model may not be named {clash[0]!r} (an input of its "
+                          f"own); rename its file")
+    resolve_sources(sources, names)  # checked before Ray starts; evaluate_models resolves them
     dataset = load_detection_data(data, labels, test_fraction)
     for note in dataset.notes:
         print(f"[adaray downstream] {note}", flush=True)
