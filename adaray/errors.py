@@ -28,7 +28,8 @@ class InputNotFoundError(AdarayError, FileNotFoundError):
 class RequestError(AdarayError):
     """A refused request to the Serve app: HTTP `status` and a reason for the caller."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers or {}  # e.g. Retry-After of a 503

@@ -6,14 +6,17 @@ Starts a local Ray, deploys the Serve app (adaray.serving.app) on loopback with 
 replica (1 CPU) serving a model file made here (the tiny test model, or the paper's with
 --paper-model), and posts a real
 256x256 pair (samples/MIF, CT + MRI) at each concurrency, with batching on (max_batch_size 8)
-and off (1). Prints p50/p95 latency, requests/s and the ratio of p50 to the in-process
-`fuse_arrays` time of the same model and inputs on one thread (the replica's allotment).
+and off (1), and with batching on behind bearer-token auth (`auth_token_env`). Prints p50/p95
+latency, requests/s and the ratio of p50 to the in-process `fuse_arrays` time of the same model
+and inputs on one thread (the replica's allotment).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import os
+import secrets
 import socket
 import statistics
 import tempfile
@@ -44,11 +47,17 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def _load(url: str, files: dict, concurrency: int, count: int) -> tuple[list[float], float, int]:
+TOKEN_ENV = "ADARAY_BENCH_SERVE_TOKEN"
+# (batching label, max_batch_size, bearer-token auth)
+SETUPS = [("on (8)", 8, False), ("on (8)", 8, True), ("off", 1, False)]
+
+
+def _load(url: str, files: dict, concurrency: int, count: int,
+          headers: dict[str, str]) -> tuple[list[float], float, int]:
     def call(_: int) -> tuple[float, int, int]:
         start = time.perf_counter()
         response = requests.post(f"{url}/fuse", params={"task": "mif"}, files=files,
-                                 timeout=600)
+                                 headers=headers, timeout=600)
         batch = int(response.headers.get("x-adaray-batch-size", 0))
         return time.perf_counter() - start, response.status_code, batch
 
@@ -98,29 +107,33 @@ def main() -> None:
           f"{forward_ms:.1f} ms median of {len(local)}")
 
     port = _free_port()
+    os.environ[TOKEN_ENV] = secrets.token_urlsafe(24)  # before Ray starts: replicas inherit it
     init_ray(logging_level="ERROR")
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
-    print("\n| batching | concurrency | p50 ms | p95 ms | req/s | p50 / forward | max batch |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| batching | auth | concurrency | p50 ms | p95 ms | req/s | p50 / forward | "
+          "max batch |")
+    print("|---|---|---|---|---|---|---|---|")
     try:
         with tempfile.TemporaryDirectory() as tmp:
             path = save_model(Path(tmp) / "model.pt", model)
-            for batch in (8, 1):
+            for batching, batch, auth in SETUPS:
+                headers = {"Authorization": f"Bearer {os.environ[TOKEN_ENV]}"} if auth else {}
                 app = build_application(
                     {"tasks": ["mif"], "models": {"mif": str(path)}, "max_batch_size": batch,
-                     "batch_wait_timeout_s": 0.01},
+                     "batch_wait_timeout_s": 0.01, "max_queued_requests": 64,
+                     "auth_token_env": TOKEN_ENV if auth else None},
                     {"FusionModels": {"num_replicas": 1, "max_ongoing_requests": 64,
                                       "ray_actor_options": {"num_cpus": 1}},
                      "FusionAPI": {"num_replicas": 1, "max_ongoing_requests": 128,
                                    "ray_actor_options": {"num_cpus": 0.25}}})
                 serve.run(app, name="bench", route_prefix="/")
-                _load(url, files, 4, 8)  # warm: model loaded, connections open
+                _load(url, files, 4, 8, headers)  # warm: model loaded, connections open
                 for concurrency in args.concurrency:
-                    times, wall, biggest = _load(url, files, concurrency, args.requests)
+                    times, wall, biggest = _load(url, files, concurrency, args.requests, headers)
                     p50 = _percentile(times, 0.5) * 1000
                     p95 = _percentile(times, 0.95) * 1000
-                    print(f"| {'on (8)' if batch > 1 else 'off'} | {concurrency} | {p50:.1f} | "
+                    print(f"| {batching} | {'on' if auth else 'off'} | {concurrency} | {p50:.1f} | "
                           f"{p95:.1f} | {args.requests / wall:.1f} | {p50 / forward_ms:.2f} | "
                           f"{biggest} |", flush=True)
     finally:

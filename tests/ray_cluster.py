@@ -8,7 +8,8 @@
 `RayTestCluster.start()` runs `ray.cluster_utils.Cluster`: a head node (2 CPUs, dashboard on a
 free loopback port) and a second node (2 CPUs), so SPREAD placement finds two node ids. Auth is
 off (`RAY_AUTH_MODE=disabled`, set in os.environ for the session so every Ray process and
-subprocess inherits it). Ray's temp root is a private folder (`RAY_TMPDIR`): the cluster never
+subprocess inherits it), and so is a random bearer token (SERVE_TOKEN_ENV). Ray's temp root
+is a private folder (`RAY_TMPDIR`): the cluster never
 writes /tmp/ray/ray_current_cluster, so a plain `ray.init()` elsewhere on this host (another
 engineer's tests) cannot join it by accident. `RAY_TRAIN_HEALTH_CHECK_INTERVAL_S` defaults to
 0.5 s for the session (see POLL_ENV). All of these are restored when the session ends.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -34,17 +36,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RayTestCluster", "free_port", "latest_checkpoint_step", "own_ray_process",
-           "ray_processes", "wait_for"]
+__all__ = ["SERVE_TOKEN_ENV", "RayTestCluster", "free_port", "latest_checkpoint_step",
+           "own_ray_process", "ray_processes", "wait_for"]
 
 CPUS_PER_NODE = 2
 SESSION_ENV = {"RAY_AUTH_MODE": "disabled"}
+# A bearer token in the environment the nodes start with, as a deployment exports it where its
+# Ray nodes start: Serve apps with `auth_token_env: ADARAY_TEST_SERVE_TOKEN` read it there.
+SERVE_TOKEN_ENV = "ADARAY_TEST_SERVE_TOKEN"
 # Ray Train V2's controller takes one report per worker per poll (a queue of size 1), polling
 # every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (default 2 s): a loop whose report interval is shorter
 # blocks in ray.train.report (bench/train.py: the tiny config runs 5x slower than a bare loop at
 # 2 s, as fast at 0.2 s). Tests poll every 0.5 s unless the variable is already set.
 # The driver propagates it to the controller.
 POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+# The GCS declares a node dead after 5 failed health checks, 1 s apart with 2 s timeouts
+# (about 5-10 s; Ray's defaults take 15-65 s), so the elastic test's lost node is noticed soon.
+NODE_HEALTH_CHECKS = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000,
+                      "health_check_failure_threshold": 5}
 
 
 def free_port() -> int:
@@ -200,7 +209,8 @@ class RayTestCluster:
         self.root = Path(tempfile.mkdtemp(prefix="adaray-rt-", dir="/tmp"))
         self.temp_dir.mkdir()
         poll = {k: os.environ.get(k, v) for k, v in POLL_ENV.items()}
-        for key, value in {**SESSION_ENV, **poll, "RAY_TMPDIR": str(self.root)}.items():
+        token = {SERVE_TOKEN_ENV: secrets.token_urlsafe(24)}
+        for key, value in {**SESSION_ENV, **poll, **token, "RAY_TMPDIR": str(self.root)}.items():
             self._saved_env[key] = os.environ.get(key)
             os.environ[key] = value
         port = free_port()
@@ -209,7 +219,8 @@ class RayTestCluster:
                 initialize_head=True,
                 head_node_args={"num_cpus": CPUS_PER_NODE, "include_dashboard": True,
                                 "dashboard_host": "127.0.0.1", "dashboard_port": port,
-                                "temp_dir": str(self.temp_dir)})
+                                "temp_dir": str(self.temp_dir),
+                                "_system_config": NODE_HEALTH_CHECKS})
             self.cluster.add_node(num_cpus=CPUS_PER_NODE, temp_dir=str(self.temp_dir))
             self.cluster.wait_for_nodes()
             self.address = self.cluster.address
@@ -242,6 +253,22 @@ class RayTestCluster:
                     if info.process is not None:
                         pids.add(info.process.pid)
         return pids
+
+    def kill_worker_node(self) -> str:
+        """SIGKILL every process of the non-head node, its raylet included, as a lost machine
+        goes (no graceful shutdown); returns its node id. Its workers go with it."""
+        node = next(iter(self.cluster.worker_nodes))
+        roots = {info.process.pid for infos in node.all_processes.values() for info in infos
+                 if info.process is not None}
+        for pid in _descendants(roots):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.cluster.remove_node(node, allow_graceful=False)  # reaps them, forgets the node
+        return node.node_id
+
+    def add_worker_node(self) -> str:
+        """Start a new non-head node (as a replaced machine rejoins); returns its node id."""
+        return self.cluster.add_node(num_cpus=CPUS_PER_NODE, temp_dir=str(self.temp_dir)).node_id
 
     def node_ids(self) -> list[str]:
         """Ids of the live nodes (this process must be connected)."""

@@ -51,6 +51,9 @@ def test_overrides_parse_yaml_values_and_nest():
         (["val.metrics=[Qabf, NOPE]"], "metrics"),
         (["run.placement_strategy=ANYWHERE"], "run.placement_strategy"),
         (["run.workers=0"], "run.workers"),
+        (["run.workers=2-1"], r"run.workers: need 1 <= MIN <= MAX, got '2-1'"),
+        (["run.workers=1to4"], "run.workers: expected a count N or a range MIN-MAX"),
+        (["run.resize_check_s=-1"], "run.resize_check_s"),
         (["workers=2"], "unknown field workers"),  # a run setting, under run:
     ],
 )
@@ -69,6 +72,21 @@ def test_run_settings_are_apart_from_the_hyperparameters(tmp_path):
     path.write_text("run:\n  cpus_per_worker: 0\n")
     with pytest.raises(ConfigError, match=r"cfg\.yaml: run\.cpus_per_worker: must be >= 1"):
         load_config(path)
+
+
+def test_a_worker_range_makes_an_elastic_scaling_config(tmp_path):
+    from adaray.train import build_trainer
+
+    cfg, run = load_config(REPO / "configs" / "tiny.yaml", [
+        "task=ivf", f"run.data={REPO / 'samples'}", f"run.workdir={tmp_path}",
+        "run.workers=1-3", "run.resize_check_s=5"])
+    assert (run.workers, run.worker_range, run.elastic) == ("1-3", (1, 3), True)
+    scaling = build_trainer(cfg, run, progress=False).scaling_config
+    assert (scaling.min_workers, scaling.max_workers) == (1, 3) and scaling.elasticity_enabled
+    assert scaling.elastic_resize_monitor_interval_s == 5
+    fixed = build_trainer(cfg, dataclasses.replace(run, workers=2), progress=False)
+    assert fixed.scaling_config.num_workers == 2 and not fixed.scaling_config.elasticity_enabled
+    assert load_config(None, ["run.workers=3-3"])[1].elastic is False
 
 
 @pytest.mark.parametrize("cls", CONFIG_CLASSES)

@@ -41,12 +41,12 @@ MAX_PIXELS = 640 * 640
 SERVE_TIMEOUT = pytest.mark.timeout(300)
 
 
-def _tiny_model(seed: int) -> AdaSFFuse:
+def tiny_model(seed: int) -> AdaSFFuse:
     torch.manual_seed(seed)
     return AdaSFFuse(TINY_MODEL).eval()
 
 
-def _sample_pair(task: str) -> tuple[Path, Path]:
+def sample_pair(task: str) -> tuple[Path, Path]:
     folder = {"ivf": "IVF", "mef": "MEF", "mff": "MFF", "mif": "MIF"}[task]
     pair = discover_pairs(SAMPLES / folder, task)[0]
     return pair.a_path, pair.b_path
@@ -79,15 +79,15 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
     uri = tracking.tracking_uri(workdir)
     tracker = tracking.Tracker(uri, "adaray-ivf", artifact_location=tracking.artifact_root(workdir))
     tracker.start_run("serve-test", {}, {})
-    tracker.log_model(_tiny_model(1))
+    tracker.log_model(tiny_model(1))
     tracker.end_run()
     registry = tracking.ModelRegistry(uri)
     version = registry.register("adasffuse-ivf", tracker.run_id, 0.5)
     assert registry.promote_if_better(version)[0]
     sources = {"ivf": "models:/adasffuse-ivf@champion"}
     for seed, task in enumerate(("mef", "mff"), start=2):
-        sources[task] = str(save_model(root / task / MODEL_FILENAME, _tiny_model(seed)))
-    save_model(root / "checkpoint_000" / MODEL_FILENAME, _tiny_model(4))
+        sources[task] = str(save_model(root / task / MODEL_FILENAME, tiny_model(seed)))
+    save_model(root / "checkpoint_000" / MODEL_FILENAME, tiny_model(4))
     sources["mif"] = str(root / "checkpoint_000")  # a checkpoint folder holding model.pt
 
     args = {"tasks": ["ivf", "mef", "mff", "mif"], "models": {t: s for t, s in sources.items()
@@ -119,7 +119,7 @@ def served(ray_cluster: RayTestCluster, tmp_path_factory) -> Any:
 @SERVE_TIMEOUT
 @pytest.mark.parametrize("task", ["ivf", "mef", "mff", "mif"])
 def test_round_trip_equals_local_fusion(served, task):
-    a, b = _sample_pair(task)
+    a, b = sample_pair(task)
     response = served.fuse(task, a, b)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"] == "image/png"
@@ -141,7 +141,7 @@ def test_round_trip_equals_local_fusion(served, task):
 
 @SERVE_TIMEOUT
 def test_json_output_with_metrics_and_the_cli_client(served, tmp_path):
-    a, b = _sample_pair("mef")
+    a, b = sample_pair("mef")
     response = served.fuse("mef", a, b, output="json", metrics="true")
     assert response.status_code == 200, response.text
     body = response.json()
@@ -166,7 +166,7 @@ def test_json_output_with_metrics_and_the_cli_client(served, tmp_path):
 def test_models_and_health_endpoints(served):
     health = requests.get(f"{served.url}/healthz", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    served.fuse("ivf", *_sample_pair("ivf"))  # loaded now
+    served.fuse("ivf", *sample_pair("ivf"))  # loaded now
     models = requests.get(f"{served.url}/models", timeout=30).json()["models"]
     assert set(models) == {"ivf", "mef", "mff", "mif"}
     assert models["ivf"]["loaded"] and models["ivf"]["version"] == 1
@@ -183,7 +183,7 @@ def test_a_task_without_champion_serves_its_shipped_model(served):
     before = requests.get(f"{served.url}/shipped/models", timeout=30).json()["models"]["mif"]
     assert before == {"source": str(shipped), "loaded": False, "version": None, "score": None,
                       "instead_of": "models:/adasffuse-mif@champion"}
-    a, b = _sample_pair("mif")
+    a, b = sample_pair("mif")
     response = requests.post(f"{served.url}/shipped/fuse", params={"task": "mif"},
                              files={"a": ("a.png", a.read_bytes()),
                                     "b": ("b.png", b.read_bytes())}, timeout=60)
@@ -210,7 +210,7 @@ def _png_bytes(shape: tuple[int, ...], dtype: Any = np.uint8, ext: str = ".png")
 
 def _bad_requests(served: Served) -> list[tuple[str, Any, int, str]]:
     """(what, a call returning the response, expected status, expected words in the reason)."""
-    a_path, b_path = _sample_pair("ivf")
+    a_path, b_path = sample_pair("ivf")
     a, b = a_path.read_bytes(), b_path.read_bytes()
     height, width = read_image(a_path).shape[:2]
     other = _png_bytes((height + 2, width))
@@ -283,7 +283,7 @@ def test_bad_requests_get_json_errors_and_the_app_stays_healthy(served):
         seen.append(f"{what}: {status}")
     print("\nbad requests: " + "; ".join(seen))
     assert requests.get(f"{served.url}/healthz", timeout=30).status_code == 200
-    assert served.fuse("ivf", *_sample_pair("ivf")).status_code == 200
+    assert served.fuse("ivf", *sample_pair("ivf")).status_code == 200
 
 
 # ----------------------------------------------------------------------------- load, recovery
@@ -291,7 +291,7 @@ def test_bad_requests_get_json_errors_and_the_app_stays_healthy(served):
 
 @SERVE_TIMEOUT
 def test_concurrent_requests_are_batched(served):
-    a, b = _sample_pair("mff")
+    a, b = sample_pair("mff")
     files = {"a": (a.name, a.read_bytes()), "b": (b.name, b.read_bytes())}
 
     def call(_: int) -> tuple[int, int]:
@@ -312,7 +312,7 @@ def test_concurrent_requests_are_batched(served):
 
 @SERVE_TIMEOUT
 def test_killed_model_replica_is_restarted(served, ray_cluster):
-    a, b = _sample_pair("ivf")
+    a, b = sample_pair("ivf")
     assert served.fuse("ivf", a, b).status_code == 200
     replicas = ray_cluster.live_actors("ServeReplica:adaray:FusionModels")
     assert len(replicas) == 1
@@ -344,7 +344,7 @@ def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launch
     and stop their Ray on SIGTERM."""
     import yaml
 
-    model = save_model(tmp_path / "model.pt", _tiny_model(5))
+    model = save_model(tmp_path / "model.pt", tiny_model(5))
     config = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
     app = config["applications"][0]
     app["args"].update(tasks=["mif"], models={"mif": str(model)}, workdir=str(tmp_path / "w"))
@@ -369,7 +369,7 @@ def test_config_file_app_runs_on_its_own_ray_and_stops_cleanly_on_sigterm(launch
                 return False
 
         wait_for(healthy, 150, interval=1.0, what="adaray serve to answer /healthz")
-        a, b = _sample_pair("mif")
+        a, b = sample_pair("mif")
         served = Served(f"http://127.0.0.1:{port}", {"mif": str(model)}, tmp_path / "w")
         assert served.fuse("mif", a, b).status_code == 200
         process.send_signal(signal.SIGTERM)

@@ -18,6 +18,7 @@ from adaray.config import load_yaml
 from adaray.errors import ConfigError
 from adaray.model import AdaSFFuse, ModelConfig
 from adaray.runtime import configure_allocator, init_ray
+from adaray.serving.client import DEFAULT_TOKEN_ENV
 from adaray.tasks import TASKS
 
 VERSIONED_PACKAGES = ("torch", "numpy", "ray", "mlflow", "albumentations",
@@ -102,6 +103,9 @@ def add_fuse_arguments(parser: argparse.ArgumentParser) -> None:
                                         "runs:/ID/model or models:/adasffuse-TASK@champion "
                                         "(default: the shipped models/TASK.pt)")
     parser.add_argument("--url", help="fuse with the Serve app at this URL (adaray serve)")
+    parser.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, metavar="NAME",
+                        help="with --url: environment variable holding the app's bearer token "
+                             "(its auth_token_env; default %(default)s; unset: no token sent)")
     parser.add_argument("--workdir", default="adaray_work",
                         help="work folder of the embedded MLflow store (for --model URIs)")
     parser.add_argument("--config", help="ModelConfig YAML of an initialised (untrained) model")
@@ -159,7 +163,8 @@ def cmd_fuse(args: argparse.Namespace) -> int:
             from adaray.serving import RequestError, post_fuse
 
             try:
-                png, _ = post_fuse(args.url, path_a, path_b, args.task)
+                png, _ = post_fuse(args.url, path_a, path_b, args.task,
+                                   token=os.environ.get(args.token_env) or None)
             except RequestError as exc:
                 print(f"adaray fuse: {args.url} refused {path_a.name} + {path_b.name} "
                       f"(HTTP {exc.status}): {exc.reason}", file=sys.stderr)
@@ -198,10 +203,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from adaray.serving import read_serve_config
+    from adaray.config import from_dict
+    from adaray.serving import ServeConfig, read_serve_config
     from adaray.serving.app import build_application
 
     spec = read_serve_config(args.config)  # bad args fail here, before Ray starts
+    from_dict(ServeConfig, spec.args).bearer_token()  # so does a missing token variable
     host = args.host or spec.host
     port = args.port or spec.port
     stop = threading.Event()

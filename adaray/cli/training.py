@@ -19,7 +19,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field, e.g. --set model.channels=32 or --set "
                              "run.cpus_per_worker=2 (repeatable)")
-    parser.add_argument("--workers", type=int, help="Ray Train workers (DDP ranks)")
+    parser.add_argument("--workers", metavar="N|MIN-MAX",
+                        help="Ray Train workers (DDP ranks); a range MIN-MAX trains elastically "
+                             "on what fits, from MIN up to MAX workers")
     parser.add_argument("--gpu", action="store_true", help="one GPU per worker, NCCL, bf16")
     parser.add_argument("--max-steps", type=int, help="total optimizer steps")
     parser.add_argument("--storage", help="checkpoint storage path or URI (s3://...)")

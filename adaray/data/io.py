@@ -9,7 +9,9 @@ keep their stored pixel grids.
 
 Broken files fail loudly with `ImageReadError`, naming the file and the reason. Truncated JPEG,
 PNG and BMP files are detected from their structure before decoding (some OpenCV builds decode
-a cut JPEG into a partly grey image with only a log warning).
+a cut JPEG into a partly grey image with only a log warning). `image_dimensions` reads the
+width and height from a PNG, JPEG, BMP or TIFF header without decoding pixels, so a server can
+refuse a decompression bomb before it allocates anything.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOI = b"\xff\xd8"
 _BMP_SIGNATURE = b"BM"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 _SAMPLE_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -88,6 +91,95 @@ def _png_is_complete(data: bytes) -> bool:
             return True
         pos = chunk_end
     return False
+
+
+def _png_dimensions(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _jpeg_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the first frame header (SOF0-SOF15 but DHT, JPG and DAC)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:
+            pos += 1
+            continue
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:
+            pos += 2
+            continue
+        if marker in (0xDA, 0xD9):  # scan or end before any frame header
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if pos + 9 > len(data):
+                return None
+            return (int.from_bytes(data[pos + 7 : pos + 9], "big"),
+                    int.from_bytes(data[pos + 5 : pos + 7], "big"))
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def _bmp_dimensions(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 26:
+        return None
+    if int.from_bytes(data[14:18], "little") == 12:  # BITMAPCOREHEADER: 16-bit sizes
+        return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
+    width = int.from_bytes(data[18:22], "little", signed=True)
+    height = int.from_bytes(data[22:26], "little", signed=True)  # negative: top-down rows
+    return abs(width), abs(height)
+
+
+def _tiff_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of the first image file directory (classic TIFF and BigTIFF)."""
+    order = "little" if data[:2] == b"II" else "big"
+    big = int.from_bytes(data[2:4], order) == 43
+    offset_size, count_size, entry_size = (8, 8, 20) if big else (4, 2, 12)
+    start = 8 if big else 4
+    ifd = int.from_bytes(data[start : start + offset_size], order)
+    if ifd + count_size > len(data):
+        return None
+    count = int.from_bytes(data[ifd : ifd + count_size], order)
+    sizes: dict[int, int] = {}
+    for index in range(count):
+        entry = ifd + count_size + index * entry_size
+        if entry + entry_size > len(data):
+            return None
+        tag = int.from_bytes(data[entry : entry + 2], order)
+        kind = int.from_bytes(data[entry + 2 : entry + 4], order)
+        value = entry + 4 + offset_size  # after tag, type and count: the value (left-aligned)
+        width = {3: 2, 4: 4, 16: 8}.get(kind)  # SHORT, LONG, LONG8
+        if tag in (256, 257) and width:
+            sizes[tag] = int.from_bytes(data[value : value + width], order)
+    if 256 not in sizes or 257 not in sizes:
+        return None
+    return sizes[256], sizes[257]
+
+
+def image_dimensions(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from a PNG, JPEG, BMP or TIFF header, without decoding pixels.
+
+    Raises ImageReadError naming `name` for empty data, another format, or a header that is cut
+    short or unreadable.
+    """
+    if not data:
+        raise ImageReadError(f"{name}: empty file")
+    if data.startswith(_PNG_SIGNATURE):
+        kind, size = "PNG", _png_dimensions(data)
+    elif data.startswith(_JPEG_SOI):
+        kind, size = "JPEG", _jpeg_dimensions(data)
+    elif data.startswith(_BMP_SIGNATURE):
+        kind, size = "BMP", _bmp_dimensions(data)
+    elif data[:4] in _TIFF_SIGNATURES:
+        kind, size = "TIFF", _tiff_dimensions(data)
+    else:
+        raise ImageReadError(f"{name}: not a readable image (not PNG, JPEG, BMP or TIFF data)")
+    if size is None:
+        raise ImageReadError(f"{name}: truncated or corrupt {kind} (no readable image header)")
+    return size
 
 
 def _truncation_reason(data: bytes) -> str | None:

@@ -5,15 +5,19 @@
 
 Two deployments. `FusionAPI` is the FastAPI ingress: it parses and checks each request
 (multipart parts, task, sizes, pixel limit) and answers refusals as JSON `{"error": reason}`
-with a 4xx/503 status. `FusionModels` holds the models: one deployment for every task through
-Serve model multiplexing (model id = task, an LRU of `max_models_per_replica` loaded models per
-replica), and `@serve.batch` groups concurrent requests so that those of one task and size are
-fused in one forward pass. `build_app(args)` builds the application from a `ServeConfig` dict
+with a 4xx/5xx status. Limits come before work: the bearer token (`BearerAuth`), the number of
+requests held (503 with Retry-After), the body size (413, from Content-Length and while
+reading), image sizes from their headers (413 before decoding) and the time per request (504).
+`FusionModels` holds the models: one deployment for every task through Serve model
+multiplexing (model id = task, an LRU of `max_models_per_replica` loaded models per replica),
+and `@serve.batch` groups concurrent requests so that those of one task and size are fused in
+one forward pass. `build_app(args)` builds the application from a `ServeConfig` dict
 (`build_application(args, deployments)` also applies deployment options).
 """
 
 import asyncio
 import base64
+import hmac
 import os
 import time
 from collections import defaultdict
@@ -28,9 +32,10 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from adaray import metrics as fusion_metrics
-from adaray.config import from_dict, to_dict
+from adaray.config import ConfigError, from_dict, to_dict
 from adaray.data.io import encode_png
 from adaray.errors import RequestError
 from adaray.fusion import fuse_batch
@@ -43,13 +48,77 @@ api = FastAPI(title="adaray fusion", version="1",
               description="Fuse two source images with AdaSFFuse (task-generalized fusion).")
 
 
-def _error(status: int, reason: str) -> JSONResponse:
-    return JSONResponse({"error": reason}, status_code=status)
+MAX_FORM_FILES = 8  # multipart file parts parsed per request ('a' and 'b' are used)
+MAX_FORM_FIELDS = 16  # text parts parsed per request; each at most 1 MiB (Starlette's limit)
+OPEN_PATHS = ("/healthz",)  # answered without a token (load balancers' health checks)
+
+
+def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status, headers=headers)
+
+
+class BearerAuth:
+    """ASGI middleware: when the replica set `api.state.bearer_token`, every path except
+    OPEN_PATHS needs `Authorization: Bearer <token>`: 401 with WWW-Authenticate without one,
+    403 with another. Tokens are compared in constant time and never logged or echoed."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = getattr(scope["app"].state, "bearer_token", None) if "app" in scope else None
+        if scope["type"] != "http" or token is None or scope["path"].endswith(OPEN_PATHS):
+            await self.app(scope, receive, send)
+            return
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, given = header.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            response = _error(401, "missing bearer token (send 'Authorization: Bearer <token>')",
+                              {"WWW-Authenticate": 'Bearer realm="adaray"'})
+        elif not hmac.compare_digest(given.strip().encode(), token.encode()):
+            response = _error(403, "invalid bearer token",
+                              {"WWW-Authenticate": 'Bearer realm="adaray", error="invalid_token"'})
+        else:
+            await self.app(scope, receive, send)
+            return
+        await response(scope, receive, send)
+
+
+api.add_middleware(BearerAuth)
+
+
+def limited_receive(receive: Receive, limit: int) -> Receive:
+    """`receive` that refuses (413) a body growing past `limit` bytes while it streams in."""
+    seen = 0
+
+    async def receive_within_limit() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise RequestError(413, f"request body is larger than the limit of {limit} "
+                                        "bytes (max_request_bytes)")
+        return message
+
+    return receive_within_limit
+
+
+def check_content_length(request: Request, limit: int) -> None:
+    """413 when the declared Content-Length is above `limit` (400 when it is not a number)."""
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise RequestError(400, f"invalid Content-Length header {declared[:40]!r}")
+    if int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes is larger than the limit of "
+                                f"{limit} bytes (max_request_bytes)")
 
 
 @api.exception_handler(RequestError)
 async def _refused(request: Request, exc: RequestError) -> JSONResponse:
-    return _error(exc.status, exc.reason)
+    return _error(exc.status, exc.reason, exc.headers)
 
 
 @api.exception_handler(RequestValidationError)
@@ -152,6 +221,8 @@ class FusionAPI:
     def __init__(self, models: DeploymentHandle, config: dict[str, Any]) -> None:
         self.models = models
         self.config = from_dict(ServeConfig, config)
+        api.state.bearer_token = self.config.bearer_token()  # read by BearerAuth
+        self.held = 0  # /fuse requests this replica holds now (max_queued_requests)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
@@ -185,14 +256,37 @@ class FusionAPI:
         """Fuse multipart parts `a` and `b` (image files) with the task's model.
 
         `task`, `output` (png|json) and `metrics` (json only) come from the query or the form.
+        At most `max_queued_requests` are held at once (503 with Retry-After beyond), each for
+        at most `request_timeout_s` (504), reading at most `max_request_bytes` (413).
         """
+        if self.held >= self.config.max_queued_requests:
+            raise RequestError(503, f"busy: {self.held} requests are already queued here "
+                                    "(max_queued_requests); retry shortly",
+                               {"Retry-After": "1"})
+        self.held += 1
+        try:
+            return await asyncio.wait_for(self._fuse(request, task, output, metrics),
+                                          self.config.request_timeout_s)
+        except TimeoutError:
+            raise RequestError(504, f"request not answered within {self.config.request_timeout_s}"
+                                    " s (request_timeout_s)") from None
+        finally:
+            self.held -= 1
+
+    async def _fuse(self, request: Request, task: str | None, output: str | None,
+                    metrics: bool) -> Response:
         started = time.perf_counter()
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
             raise RequestError(415, f"expected multipart/form-data with parts 'a' and 'b', got "
-                                    f"content type {content_type or 'none'!r}")
+                                    f"content type {content_type[:100] or 'none'!r}")
+        limit = self.config.max_request_bytes
+        check_content_length(request, limit)
+        body = Request(request.scope, limited_receive(request.receive, limit))
         try:
-            form = await request.form()
+            form = await body.form(max_files=MAX_FORM_FILES, max_fields=MAX_FORM_FIELDS)
+        except RequestError:
+            raise
         except Exception as exc:  # malformed multipart body
             raise RequestError(422, f"cannot parse the multipart body: {exc}") from None
         task = check_task(task or _text(form.get("task")), self.config.tasks)
@@ -200,16 +294,19 @@ class FusionAPI:
         metrics = metrics or _text(form.get("metrics")) in ("true", "1", "yes")
         images = {}
         for name in ("a", "b"):
-            part = form.get(name)
-            if part is None:
+            parts = form.getlist(name)
+            if not parts:
                 raise RequestError(422, f"missing part {name!r} (send two image files, "
                                         "'a' and 'b')")
+            if len(parts) > 1:
+                raise RequestError(422, f"part {name!r} sent {len(parts)} times (send one file "
+                                        "per part)")
+            part = parts[0]
             if isinstance(part, str):
                 raise RequestError(422, f"part {name!r} must be a file upload, got a text field")
             data = await part.read()
             images[name] = decode_source(data, name, part.filename, self.config.max_pixels)
         check_pair(images["a"], images["b"])
-
         try:
             result = await self.models.options(multiplexed_model_id=task).fuse.remote(
                 images["a"], images["b"])
@@ -253,6 +350,15 @@ def build_application(args: dict[str, Any],
     # A replica must accept enough requests at once for its batches to fill.
     model_options = {"max_ongoing_requests": 4 * config["max_batch_size"],
                      **options.get("FusionModels", {})}
+    # The API replica must be sent more requests than it holds, or the extra ones would wait
+    # in Serve's proxy, unbounded, instead of getting 503 (room left for /healthz and /models).
+    api_options = {"max_ongoing_requests": config["max_queued_requests"] + 16,
+                   **options.get("FusionAPI", {})}
+    if api_options["max_ongoing_requests"] <= config["max_queued_requests"]:
+        raise ConfigError(f"deployments FusionAPI.max_ongoing_requests "
+                          f"({api_options['max_ongoing_requests']}) must be above "
+                          f"args.max_queued_requests ({config['max_queued_requests']}), or "
+                          "requests beyond it wait in the proxy instead of getting 503")
     models = FusionModels.options(**model_options)
-    ingress = FusionAPI.options(**options.get("FusionAPI", {}))
+    ingress = FusionAPI.options(**api_options)
     return ingress.bind(models.bind(config), config)

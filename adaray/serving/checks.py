@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adaray.data.io import ImageReadError, decode_image
+from adaray.data.io import ImageReadError, decode_image, image_dimensions
 from adaray.errors import RequestError
 
 OUTPUTS = ("png", "json")
@@ -31,16 +31,19 @@ def check_output(output: str | None) -> str:
 
 def decode_source(data: bytes, field_name: str, filename: str | None,
                   max_pixels: int) -> np.ndarray:
-    """An uploaded source as a float image, or 422 (undecodable, empty) / 413 (too large)."""
+    """An uploaded source as a float image, or 422 (undecodable, empty, not PNG/JPEG/BMP/TIFF)
+    / 413 (too large). The size is checked from the image header before any pixel is decoded,
+    so a small file that claims a huge image (a decompression bomb) costs nothing."""
     label = f"part {field_name!r}" + (f" ({filename})" if filename else "")
     try:
+        width, height = image_dimensions(data, label)
+        if width * height > max_pixels:
+            raise RequestError(413, f"{label}: {width}x{height} is {width * height} pixels, "
+                                    f"above the limit of {max_pixels}")
         image = decode_image(data, label)
     except ImageReadError as exc:
         raise RequestError(422, str(exc)) from None
     height, width = image.shape[:2]
-    if height * width > max_pixels:
-        raise RequestError(413, f"{label}: {width}x{height} is {height * width} pixels, above "
-                                f"the limit of {max_pixels}")
     if min(height, width) < 2:
         raise RequestError(422, f"{label}: {width}x{height} is too small (need at least 2x2)")
     return image

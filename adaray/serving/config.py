@@ -3,6 +3,8 @@ a Serve config file that `adaray serve` reads (`read_serve_config`)."""
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,8 @@ from adaray.checkpoint import shipped_model
 from adaray.config import ConfigError, from_dict, read_yaml
 from adaray.tasks import TASKS
 from adaray.tracking import CHAMPION_ALIAS, parse_model_uri, registered_model_name, tracking_uri
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,12 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.02  # how long a batch waits to fill
     max_models_per_replica: int = 2  # LRU of loaded task models in a replica
     workdir: str = "adaray_work"  # embedded MLflow store when MLFLOW_TRACKING_URI is unset
+    # Bearer-token auth: the name of the environment variable holding the token (never the
+    # token itself); every path but /healthz then needs `Authorization: Bearer <token>`.
+    auth_token_env: str | None = None
+    max_request_bytes: int = 128 * 1024 * 1024  # larger bodies get 413 before they are read
+    request_timeout_s: float = 60.0  # a /fuse request not answered by then gets 504
+    max_queued_requests: int = 48  # /fuse requests an API replica holds at once; more get 503
 
     def __post_init__(self) -> None:
         self.validate()
@@ -38,12 +48,18 @@ class ServeConfig:
             raise ConfigError(f"tasks: unknown task {unknown[0]!r} (known: {', '.join(TASKS)})")
         if not self.tasks:
             raise ConfigError("tasks: serve at least one task")
-        for name in ("max_pixels", "max_batch_size", "max_models_per_replica"):
+        for name in ("max_pixels", "max_batch_size", "max_models_per_replica",
+                     "max_request_bytes", "max_queued_requests"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.batch_wait_timeout_s < 0:
             raise ConfigError(f"batch_wait_timeout_s: must be >= 0, got "
                               f"{self.batch_wait_timeout_s}")
+        if self.request_timeout_s <= 0:
+            raise ConfigError(f"request_timeout_s: must be > 0, got {self.request_timeout_s}")
+        if self.auth_token_env is not None and not _ENV_NAME.fullmatch(self.auth_token_env):
+            raise ConfigError(f"auth_token_env: {self.auth_token_env!r} is not an environment "
+                              "variable name (it names the variable, it is not the token)")
         for task, source in self.models.items():
             try:
                 parse_model_uri(source)
@@ -59,6 +75,18 @@ class ServeConfig:
         configured have no fallback)."""
         shipped = shipped_model(task) if task not in self.models else None
         return None if shipped is None else str(shipped)
+
+    def bearer_token(self) -> str | None:
+        """The token of `auth_token_env` from this process's environment (None without auth);
+        ConfigError when the variable is unset or empty."""
+        if self.auth_token_env is None:
+            return None
+        token = os.environ.get(self.auth_token_env, "")
+        if not token:
+            raise ConfigError(f"auth_token_env: environment variable {self.auth_token_env} is "
+                              "not set (or empty) where the Serve app runs; export the token "
+                              "there before starting Ray or the app")
+        return token
 
     def tracking_uri(self) -> str:
         """MLFLOW_TRACKING_URI, else the embedded store of `workdir`."""

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,6 +93,9 @@ class TrainConfig:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
+_WORKER_RANGE = re.compile(r"\d+-\d+")
+
+
 @dataclass(frozen=True)
 class RunSettings:
     """Where and how a training run executes (the `run:` section of a config file): its data
@@ -99,7 +103,9 @@ class RunSettings:
     sweep, never written into checkpoints or model files."""
 
     data: str | None = None  # folder to discover pairs in (--data); every node must see it
-    workers: int = 1  # Ray Train workers (DDP ranks)
+    # Ray Train workers (DDP ranks): N, or "MIN-MAX" for an elastic run that keeps training on
+    # the workers it can place (at least MIN) and grows back to MAX when nodes return.
+    workers: int | str = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1  # CPUs reserved per worker; also its torch thread count
     gpus_per_worker: float = 1.0  # GPUs per worker with use_gpu (a fraction shares a GPU)
@@ -109,15 +115,40 @@ class RunSettings:
     workdir: str = "adaray_work"  # local home of the embedded MLflow store and default storage
     max_failures: int = 3  # worker-group restarts from the latest checkpoint
     num_to_keep: int = 2  # checkpoints kept, best val_score first
+    resize_check_s: float = 60.0  # elastic runs: seconds between checks for room to grow
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        """(min, max) workers: equal for a fixed count."""
+        if isinstance(self.workers, int):
+            return self.workers, self.workers
+        low, _, high = self.workers.partition("-")
+        return int(low), int(high)
+
+    @property
+    def elastic(self) -> bool:
+        """True when the worker count is a range (`workers: MIN-MAX`)."""
+        low, high = self.worker_range
+        return low != high
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        for name in ("workers", "cpus_per_worker", "num_to_keep"):
+        if isinstance(self.workers, str) and not _WORKER_RANGE.fullmatch(self.workers):
+            raise ConfigError(f"workers: expected a count N or a range MIN-MAX, got "
+                              f"{self.workers!r}")
+        low, high = self.worker_range
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
+        if low < 1 or high < low:
+            raise ConfigError(f"workers: need 1 <= MIN <= MAX, got {self.workers!r}")
+        for name in ("cpus_per_worker", "num_to_keep"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.resize_check_s < 0:
+            raise ConfigError(f"resize_check_s: must be >= 0, got {self.resize_check_s}")
         if self.max_failures < -1:
             raise ConfigError(f"max_failures: must be >= -1, got {self.max_failures}")
         if self.gpus_per_worker <= 0:

@@ -103,7 +103,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             continue
         elapsed = time.perf_counter() - window_start
         metrics = {"step": step, "loss": loss.item(), "lr": scheduler.get_last_lr()[0],
-                   "samples_per_s": samples / max(elapsed, 1e-9),
+                   "samples_per_s": samples / max(elapsed, 1e-9), "world_size": world_size,
                    **{f"loss_{k}": float(v) for k, v in terms.items()}}
         samples, window_start = 0, time.perf_counter()
         if is_ckpt:  # a collective: every rank takes part

@@ -33,17 +33,24 @@ from adaray.train.loop import train_loop_per_worker
 
 
 class ProgressCallback(UserCallback):
-    """One progress line per report: step, loss, samples/s, validation score and ETA."""
+    """One progress line per report: step, loss, samples/s, validation score and ETA; and a
+    line whenever the number of workers changes (a restart after a failure, an elastic
+    resize)."""
 
     def __init__(self, max_steps: int) -> None:
         self.max_steps = max_steps
         self.started: tuple[float, int] | None = None
+        self.workers = 0
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]],
                      checkpoint: Checkpoint | None) -> None:
         """Print the rank-0 metrics of this report."""
         rank0 = metrics[0] if metrics else {}
         step = int(rank0.get("step", 0))
+        if len(metrics) != self.workers:
+            print(f"[adaray train] {len(metrics)} worker{'s' * (len(metrics) != 1)} from step "
+                  f"{step}" + (f" (were {self.workers})" if self.workers else ""), flush=True)
+            self.workers = len(metrics)
         now = time.monotonic()
         if self.started is None or step <= self.started[1]:  # first report, or a restart
             self.started = (now, step)
@@ -151,9 +158,11 @@ def build_trainer(
         datasets={TRAIN: functools.partial(train_dataset, train_pairs, cfg.data),
                   VALIDATION: functools.partial(validation_dataset, val_pairs, cfg.data)},
         dataset_config=DataConfig(datasets_to_split=[TRAIN]),
-        scaling_config=ScalingConfig(num_workers=run.workers, use_gpu=run.use_gpu,
+        scaling_config=ScalingConfig(num_workers=run.worker_range if run.elastic
+                                     else run.worker_range[0], use_gpu=run.use_gpu,
                                      resources_per_worker=resources,
-                                     placement_strategy=run.placement_strategy),
+                                     placement_strategy=run.placement_strategy,
+                                     elastic_resize_monitor_interval_s=run.resize_check_s),
         torch_config=TorchConfig(backend="nccl" if run.use_gpu else "gloo"),
         run_config=RunConfig(
             name=run.name,
