@@ -1,10 +1,10 @@
 """Elastic training on the session's two-node cluster, with real signals: a run started with
-`workers: 1-2`, each worker taking a whole node (2 CPUs), loses its second node (every process
-of it, the raylet included, SIGKILLed), goes on with one worker from the latest checkpoint and
-finishes; one MLflow run records it all, world size per step included. A new node joins as soon
-as the run trains on one worker: where Ray grows the group back before the run ends (it takes
-it some 20-40 s to restart on two workers; on a quiet machine the tiny run may finish first),
-the test checks that restart too."""
+`workers: 1-2` and SPREAD, each worker taking a whole node (2 CPUs), loses its second node
+(every process of it, the raylet included, SIGKILLed), goes on with one worker from the latest
+checkpoint and finishes; one MLflow run records it all, world size per step included. A new
+node joins as soon as the run trains on one worker: where Ray grows the group back before the
+run ends (it takes it some 20-40 s to restart on two workers; on a quiet machine the tiny run
+may finish first), the test checks that restart too."""
 
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ LOG_EVERY, CKPT_EVERY = 5, 20
 def test_elastic_run_survives_a_lost_node_and_grows_back(ray_cluster, tmp_path, monkeypatch):
     data = SHARED_DATA / "IVF" if (SHARED_DATA / "IVF").is_dir() else SAMPLES  # RoadScene
     cfg, settings = tiny_config(
-        tmp_path, "elastic", "run.workers=1-2", f"run.cpus_per_worker={CPUS_PER_NODE}",
+        tmp_path, "elastic", "run.workers=1-2", "run.placement_strategy=SPREAD",
+        f"run.cpus_per_worker={CPUS_PER_NODE}",
         "run.resize_check_s=1", "run.max_failures=6", f"max_steps={MAX_STEPS}",
         f"log_every={LOG_EVERY}", f"ckpt_every={CKPT_EVERY}", "val_every=500", data=data)
     client = mlflow_client(settings)
@@ -59,6 +60,12 @@ def test_elastic_run_survives_a_lost_node_and_grows_back(ray_cluster, tmp_path, 
     # the first restart after the kill may still count the lost node's CPUs.
     monkeypatch.setenv("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "10")
     with ray_cluster.driver():
+        import ray
+
+        # Start with both nodes free: an earlier test's tasks may still hold CPUs for a moment,
+        # and an elastic run would then start on one worker.
+        wait_for(lambda: ray.available_resources().get("CPU", 0) >= 2 * CPUS_PER_NODE, 120,
+                 interval=0.5, what="every CPU of the cluster free")
         training = threading.Thread(target=fit, daemon=True)
         training.start()
         wait_for(lambda: running() and any(size == 2 for _, size, _ in world_sizes())
