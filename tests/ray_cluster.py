@@ -42,8 +42,9 @@ __all__ = ["DATA_RESERVATION_S", "SERVE_TOKEN_ENV", "RayTestCluster", "free_port
 CPUS_PER_NODE = 2
 # Ray Data reserves cluster CPUs in Ray's autoscaling coordinator for 180 s after a dataset ran;
 # an elastic Train run started within that time sees fewer free workers (tests/test_elastic.py).
-SESSION_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": "10"}
 DATA_RESERVATION_S = 10
+SESSION_ENV = {"RAY_AUTH_MODE": "disabled",
+               "RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": str(DATA_RESERVATION_S)}
 # A bearer token in the environment the nodes start with, as a deployment exports it where its
 # Ray nodes start: Serve apps with `auth_token_env: ADARAY_TEST_SERVE_TOKEN` read it there.
 SERVE_TOKEN_ENV = "ADARAY_TEST_SERVE_TOKEN"

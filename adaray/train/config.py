@@ -136,13 +136,13 @@ class RunSettings:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first invalid field."""
-        if isinstance(self.workers, str) and not _WORKER_RANGE.fullmatch(self.workers):
+        if isinstance(self.workers, int):
+            if self.workers < 1:
+                raise ConfigError(f"workers: must be >= 1, got {self.workers}")
+        elif not _WORKER_RANGE.fullmatch(self.workers):
             raise ConfigError(f"workers: expected a count N or a range MIN-MAX, got "
                               f"{self.workers!r}")
-        low, high = self.worker_range
-        if isinstance(self.workers, int) and self.workers < 1:
-            raise ConfigError(f"workers: must be >= 1, got {self.workers}")
-        if low < 1 or high < low:
+        elif not 1 <= self.worker_range[0] <= self.worker_range[1]:
             raise ConfigError(f"workers: need 1 <= MIN <= MAX, got {self.workers!r}")
         for name in ("cpus_per_worker", "num_to_keep"):
             if getattr(self, name) < 1:
