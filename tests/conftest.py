@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from ray_cluster import POLL_ENV, RayTestCluster
 from s3_server import S3Server, start_s3_server
+from wheel_venv import InstalledWheel, install_wheel
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA: Path = Path(
@@ -70,10 +71,18 @@ def ray_cluster(s3_server: S3Server) -> Iterator[RayTestCluster]:
     finally:
         cluster.shutdown()
 
-# Tests that start a Ray cluster, an MLflow server or a Serve app are `slow`: those that take
-# one of these fixtures are marked here, the others that start one themselves carry the mark in
-# their module. `pytest -m "not slow"` runs the unit tests alone.
-SLOW_FIXTURES = frozenset({"ray_cluster", "served", "server", "mlflow_server"})
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory: pytest.TempPathFactory) -> InstalledWheel:
+    """This checkout's wheel in a fresh venv (tests/wheel_venv.py), built on first use."""
+    return install_wheel(REPO, tmp_path_factory.mktemp("wheel"))
+
+
+# Tests that start a Ray cluster, an MLflow server or a Serve app, or install the wheel, are
+# `slow`: those that take one of these fixtures are marked here, the others that start one
+# themselves carry the mark in their module. `pytest -m "not slow"` runs the unit tests alone.
+SLOW_FIXTURES = frozenset({"ray_cluster", "served", "server", "mlflow_server",
+                           "installed_wheel"})
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

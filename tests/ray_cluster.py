@@ -36,15 +36,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DATA_RESERVATION_S", "SERVE_TOKEN_ENV", "RayTestCluster", "free_port",
+__all__ = ["SERVE_TOKEN_ENV", "RayTestCluster", "free_port",
            "latest_checkpoint_step", "own_ray_process", "ray_processes", "wait_for"]
 
 CPUS_PER_NODE = 2
-# Ray Data reserves cluster CPUs in Ray's autoscaling coordinator for 180 s after a dataset ran;
-# an elastic Train run started within that time sees fewer free workers (tests/test_elastic.py).
-DATA_RESERVATION_S = 10
-SESSION_ENV = {"RAY_AUTH_MODE": "disabled",
-               "RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S": str(DATA_RESERVATION_S)}
+SESSION_ENV = {"RAY_AUTH_MODE": "disabled"}
 # A bearer token in the environment the nodes start with, as a deployment exports it where its
 # Ray nodes start: Serve apps with `auth_token_env: ADARAY_TEST_SERVE_TOKEN` read it there.
 SERVE_TOKEN_ENV = "ADARAY_TEST_SERVE_TOKEN"
@@ -273,6 +269,32 @@ class RayTestCluster:
     def add_worker_node(self) -> str:
         """Start a new non-head node (as a replaced machine rejoins); returns its node id."""
         return self.cluster.add_node(num_cpus=CPUS_PER_NODE, temp_dir=str(self.temp_dir)).node_id
+
+    def reset_autoscaling_coordinator(self) -> None:
+        """Replace Ray's autoscaling coordinator with a fresh one on the head node (this process
+        must be connected; its driver runs there).
+
+        Every Ray Train run reserves its workers' resources in this detached actor at high
+        priority and cancels the reservation when its controller shuts down; a controller that
+        is killed instead (an earlier test's driver that exited mid-run) leaves it for 180 s, and
+        an elastic run sizes itself from what is left. The new coordinator has no reservations,
+        and on the head node it survives the loss of the worker node.
+        """
+        import ray
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator,
+        )
+
+        def coordinator() -> Any:
+            try:
+                return ray.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+            except ValueError:  # none (any more)
+                return None
+
+        if (old := coordinator()) is not None:
+            ray.kill(old, no_restart=True)
+            wait_for(lambda: coordinator() is None, 30, what="the old autoscaling coordinator")
+        ray.get(get_or_create_autoscaling_coordinator().get_reserved_resources.remote("-"))
 
     def node_ids(self) -> list[str]:
         """Ids of the live nodes (this process must be connected)."""

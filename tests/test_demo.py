@@ -1,10 +1,11 @@
-"""`adaray demo --quick` end to end, twice in one work folder; Ctrl-C of a demo on its own Ray;
-the demo and a sweep beside a foreign Ray instance; a demo that cannot get its CPUs.
+"""`adaray demo --quick` end to end, twice in one work folder (the second time from the installed
+wheel, on its own Ray, beside a foreign Ray instance and a sweep); Ctrl-C of a demo on its own
+Ray; a demo that cannot get its CPUs.
 
-The end-to-end run joins the session's test cluster (RAY_ADDRESS), as a demo submitted to a
-cluster would. The Ctrl-C test starts the demo on its own local Ray (private RAY_TMPDIR) and
-checks that none of its Ray processes outlive it. The foreign-instance test runs the demo on its
-own Ray and a sweep on the session cluster while a third instance, a plain `ray.init()` in
+The first end-to-end run joins the session's test cluster (RAY_ADDRESS), as a demo submitted to a
+cluster would. The Ctrl-C test and the wheel's demo start their own local Ray (private
+RAY_TMPDIR); the Ctrl-C test checks that none of its Ray processes outlive it. While the wheel's
+demo runs, a sweep runs on the session cluster and a third instance, a plain `ray.init()` in
 another process, runs too: with several instances on the host, Ray's State API cannot guess
 which one it is in, so every adaray process must know its own (issue G).
 """
@@ -22,6 +23,7 @@ import pytest
 import yaml
 from conftest import REPO, SAMPLES
 from ray_cluster import RayTestCluster, own_ray_process, ray_processes, wait_for
+from wheel_venv import InstalledWheel
 
 from adaray import tracking
 from adaray.data import read_image
@@ -29,55 +31,13 @@ from adaray.data import read_image
 ADARAY = str(Path(sys.executable).parent / "adaray")
 
 
-def _run_quick_demo(workdir: Path, env: dict[str, str]) -> tuple[str, dict[str, str]]:
-    """Run `adaray demo --quick`; returns its output and its closing summary lines by label."""
-    run = subprocess.run([ADARAY, "demo", "--quick", "--workdir", str(workdir)],
-                         capture_output=True, text=True, env=env, timeout=420,
-                         stdin=subprocess.DEVNULL)
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-5000:]
+def _checked_summary(output: str) -> dict[str, str]:
+    """The closing summary lines of a demo's output, by label, after checking every phase ran."""
     for number in range(1, 6):
-        assert f"=== [{number}/5]" in output
-    summary = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
-               for line in run.stdout.splitlines()[-8:] if ":" in line}
-    return output, summary
-
-
-@pytest.mark.timeout(900)
-def test_quick_demo_runs_every_phase_twice_in_one_workdir(ray_cluster: RayTestCluster,
-                                                          tmp_path):
-    workdir = tmp_path / "work"
-    env = ray_cluster.env()
-    env.pop("MLFLOW_TRACKING_URI", None)
-    _, summary = _run_quick_demo(workdir, env)
-    report = Path(summary["evaluation report"])
-    grid = Path(summary["comparison grid"])
-    fused = Path(summary["fused over HTTP"].split(" (model")[0])
-    assert report.is_file() and "| champion |" in report.read_text()
-    assert "| trained |" in report.read_text()
-    assert "| laplacian |" in report.read_text()
-    assert read_image(grid).shape[0] > 100
-    assert read_image(fused).ndim == 3  # a color visible source gives a color result
-    assert "models:/adasffuse-ivf@champion version 1" in summary["fused over HTTP"]
-    assert summary["browse the runs"].startswith("mlflow ui --backend-store-uri sqlite:///")
-    registry = tracking.ModelRegistry(tracking.tracking_uri(workdir))
-    assert registry.champion("adasffuse-ivf").version == 1
-
-    # A second run reuses the work folder: new run and sweep names, a second registered
-    # version, the alias on whichever scores better, the first run's report left in place.
-    _, again = _run_quick_demo(workdir, env)
-    assert report.is_file()
-    assert Path(again["evaluation report"]).is_file()
-    assert Path(again["evaluation report"]) != report
-    assert [v.version for v in registry.versions("adasffuse-ivf")] == [1, 2]
-    champion = registry.champion("adasffuse-ivf")
-    scores = {v.version: v.score for v in registry.versions("adasffuse-ivf")}
-    assert champion.version == (2 if scores[2] > scores[1] else 1), scores
-    assert f"@champion version {champion.version}" in again["fused over HTTP"]
-    # Serve, Train and Tune actors of the demo are gone from the cluster.
-    for name in ("ServeController", "ProxyActor", "ServeReplica:adaray:FusionModels",
-                 "ServeReplica:adaray:FusionAPI", "TrainController", "RayTrainWorker"):
-        assert ray_cluster.live_actors(name) == [], name
+        assert f"=== [{number}/5]" in output, output[-5000:]
+    closing = output[output.rindex("=== adaray demo: done"):].splitlines()
+    return {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+            for line in closing if ":" in line}
 
 
 @pytest.mark.slow  # starts its own Ray
@@ -135,26 +95,49 @@ def _live_placement_groups(address: str) -> list[str]:
             if g.state != "REMOVED"]
 
 
-@pytest.mark.timeout(900)
-def test_demo_and_sweep_beside_a_foreign_ray_finish_and_leave_no_placement_group(
-        ray_cluster: RayTestCluster, tmp_path):
+@pytest.mark.timeout(1200)
+def test_quick_demo_twice_in_one_workdir_then_from_the_wheel_beside_a_foreign_ray(
+        ray_cluster: RayTestCluster, installed_wheel: InstalledWheel, tmp_path):
+    """The first demo joins the session cluster (as a submitted demo would). The second, in the
+    same work folder, is the installed wheel's, run from a folder outside the checkout on its own
+    Ray while a foreign Ray instance (a plain `ray.init()` in another process) and a sweep on the
+    session cluster run beside it (issue G)."""
+    env = ray_cluster.env()
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = subprocess.run([ADARAY, "demo", "--quick", "--workdir", str(tmp_path / "work")],
+                         capture_output=True, text=True, env=env, timeout=420,
+                         stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
+    summary = _checked_summary(run.stdout)
+    report = Path(summary["evaluation report"])
+    grid = Path(summary["comparison grid"])
+    fused = Path(summary["fused over HTTP"].split(" (model")[0])
+    assert report.is_file() and "| champion |" in report.read_text()
+    assert "| trained |" in report.read_text()
+    assert "| laplacian |" in report.read_text()
+    assert read_image(grid).shape[0] > 100
+    assert read_image(fused).ndim == 3  # a color visible source gives a color result
+    assert "models:/adasffuse-ivf@champion version 1" in summary["fused over HTTP"]
+    assert summary["browse the runs"].startswith("mlflow ui --backend-store-uri sqlite:///")
+    registry = tracking.ModelRegistry(tracking.tracking_uri(tmp_path / "work"))
+    assert registry.champion("adasffuse-ivf").version == 1
+
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SEQUENTIAL_SPACE))
     sweep_command = [ADARAY, "tune", "--task", "ivf", "--data", str(SAMPLES), "--config",
                      str(REPO / "configs" / "tiny.yaml"), "--space", str(space),
                      "--set", f"run.workdir={tmp_path / 'sweep-work'}", "--set", "val_every=5",
                      "--set", "ckpt_every=5", "--name", "beside-foreign"]
-    sweep_env = ray_cluster.env()
-    sweep_env.pop("MLFLOW_TRACKING_URI", None)
-    demo_command = [ADARAY, "demo", "--quick", "--workdir", str(tmp_path / "demo-work")]
+    # The wheel's demo, from tmp_path (outside the checkout): `--workdir work` is the same folder.
+    demo_command = [installed_wheel.adaray, "demo", "--quick", "--workdir", "work"]
     foreign_log, demo_log = tmp_path / "foreign.log", tmp_path / "demo.log"
     with own_ray_process([sys.executable, "-c", FOREIGN_RAY], foreign_log, "adaray-fr-") as (
             foreign, _):
         found = wait_for(lambda: re.search(r"foreign ray at (\S+)", foreign_log.read_text()),
                          120, what="the foreign Ray instance")
         foreign_address = found.group(1)
-        with own_ray_process(demo_command, demo_log, "adaray-dm-") as (demo, _):
-            sweep = subprocess.run(sweep_command, capture_output=True, text=True, env=sweep_env,
+        with own_ray_process(demo_command, demo_log, "adaray-wh-", cwd=tmp_path) as (demo, _):
+            sweep = subprocess.run(sweep_command, capture_output=True, text=True, env=env,
                                    timeout=600, stdin=subprocess.DEVNULL)
             demo_code = demo.wait(timeout=600)
         demo_output = demo_log.read_text()
@@ -163,7 +146,20 @@ def test_demo_and_sweep_beside_a_foreign_ray_finish_and_leave_no_placement_group
         assert _live_placement_groups(foreign_address) == []
     assert demo_code == 0, demo_output[-5000:]
     assert sweep.returncode == 0, sweep_output[-5000:]
-    # The demo started its own instance, said so and named the foreign one.
+    again = _checked_summary(demo_output)
+
+    # The second run reused the work folder: new run and sweep names, a second registered
+    # version, the alias on whichever scores better, the first run's report left in place.
+    assert report.is_file()
+    assert Path(again["evaluation report"]).is_file()
+    assert Path(again["evaluation report"]) != report
+    assert [v.version for v in registry.versions("adasffuse-ivf")] == [1, 2]
+    champion = registry.champion("adasffuse-ivf")
+    scores = {v.version: v.score for v in registry.versions("adasffuse-ivf")}
+    assert champion.version == (2 if scores[2] > scores[1] else 1), scores
+    assert f"@champion version {champion.version}" in again["fused over HTTP"]
+
+    # The wheel's demo started its own instance, said so and named the foreign one.
     announced = next((line for line in demo_output.splitlines()
                       if " on this host: " in line and line.startswith("[adaray] ")), "")
     assert f"{foreign_address} (started by pid {foreign.pid}: -c" in announced, demo_output[:3000]
@@ -176,6 +172,10 @@ def test_demo_and_sweep_beside_a_foreign_ray_finish_and_leave_no_placement_group
         assert "[adaray] removed placement group" not in output  # Ray's own clean-up did it
     assert _most_trials_at_once(sweep_output) == 1, sweep_output[-5000:]
     assert len(set(TRIAL_EVENT.findall(sweep_output))) >= 4  # both trials started and ended
+    # Serve, Train and Tune actors of the first demo and the sweep are gone from the cluster.
+    for name in ("ServeController", "ProxyActor", "ServeReplica:adaray:FusionModels",
+                 "ServeReplica:adaray:FusionAPI", "TrainController", "RayTrainWorker"):
+        assert ray_cluster.live_actors(name) == [], name
 
 
 @pytest.mark.timeout(300)

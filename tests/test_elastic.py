@@ -15,10 +15,11 @@ from typing import Any
 
 import pytest
 from conftest import SAMPLES, SHARED_DATA
-from ray_cluster import CPUS_PER_NODE, DATA_RESERVATION_S, latest_checkpoint_step, wait_for
+from ray_cluster import CPUS_PER_NODE, latest_checkpoint_step, wait_for
 from test_train import find_run, history, mlflow_client, run_dir, tiny_config
 
 from adaray import tracking
+from adaray.ray_state import resource_holders
 from adaray.train import build_trainer
 
 MAX_STEPS = 120
@@ -62,12 +63,16 @@ def test_elastic_run_survives_a_lost_node_and_grows_back(ray_cluster, tmp_path, 
     with ray_cluster.driver():
         import ray
 
-        # Start with both nodes free: an earlier test's tasks may still hold CPUs for a moment,
-        # and its Ray Data runs keep CPUs reserved in Ray's autoscaling coordinator (10 s on the
-        # test cluster, 180 s by default); an elastic run would then start on one worker.
-        wait_for(lambda: ray.available_resources().get("CPU", 0) >= 2 * CPUS_PER_NODE, 120,
-                 interval=0.5, what="every CPU of the cluster free")
-        time.sleep(DATA_RESERVATION_S + 2)
+        # Start with both nodes free (an earlier test's tasks may still hold CPUs for a moment)
+        # and with no reservation left in Ray's autoscaling coordinator by an earlier test's
+        # Train run whose controller was killed: the run would start on one worker.
+        try:
+            wait_for(lambda: ray.available_resources().get("CPU", 0) >= 2 * CPUS_PER_NODE, 120,
+                     interval=0.5, what="every CPU of the cluster free")
+        except TimeoutError as exc:
+            holders = resource_holders(ray_cluster.address, job_id="")
+            raise AssertionError(f"{exc}; held by: {'; '.join(holders) or 'tasks'}") from exc
+        ray_cluster.reset_autoscaling_coordinator()
         training = threading.Thread(target=fit, daemon=True)
         training.start()
         wait_for(lambda: running() and any(size == 2 for _, size, _ in world_sizes())
