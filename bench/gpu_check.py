@@ -117,13 +117,9 @@ def _ssd_inputs(dtype: torch.dtype) -> list[torch.Tensor]:
 
 def check_ssd(precision: str) -> tuple[bool, str, str]:
     """Triton SSD vs chunked PyTorch SSD, forward and backward, on the same inputs."""
-    from adaray.model.ssd import (
-        _ssd_scan_triton,
-        _triton_unavailable_reason,
-        ssd_scan_chunked,
-    )
+    from adaray.model.ssd import ssd_scan_chunked, ssd_scan_triton, triton_ssd_unavailable_reason
 
-    if (reason := _triton_unavailable_reason()) is not None:
+    if (reason := triton_ssd_unavailable_reason()) is not None:
         raise CheckSkippedError(reason)
     dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     inputs = _ssd_inputs(dtype)
@@ -136,11 +132,11 @@ def check_ssd(precision: str) -> tuple[bool, str, str]:
         grads = torch.autograd.grad(y, args, upstream.to(y.dtype))
         return [y.detach().float(), *(g.float() for g in grads)]
 
-    got = results(_ssd_scan_triton, inputs)
+    got = results(ssd_scan_triton, inputs)
     ref = results(ssd_scan_chunked, reference_inputs)
     error = max(((g - r).abs().max() / r.abs().max()).item() for g, r in zip(got, ref, strict=True))
     timings = {}
-    for label, scan, args in (("triton", _ssd_scan_triton, inputs),
+    for label, scan, args in (("triton", ssd_scan_triton, inputs),
                               ("chunked", ssd_scan_chunked, reference_inputs)):
         with torch.no_grad():
             forward = _cuda_time(lambda s=scan, a=args: s(*a, chunk_size=64))

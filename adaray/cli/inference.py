@@ -203,12 +203,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from adaray.config import from_dict
-    from adaray.serving import ServeConfig, read_serve_config
+    from adaray.serving import read_serve_config
     from adaray.serving.app import build_application
 
     spec = read_serve_config(args.config)  # bad args fail here, before Ray starts
-    from_dict(ServeConfig, spec.args).bearer_token()  # so does a missing token variable
+    spec.config.bearer_token()  # so does a missing token variable
     host = args.host or spec.host
     port = args.port or spec.port
     stop = threading.Event()

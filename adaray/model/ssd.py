@@ -17,7 +17,7 @@ Three implementations:
 
 - ``ssd_scan_ref``: the sequential recurrence, the oracle the others are tested against;
 - ``ssd_scan_chunked``: chunked SSD in plain PyTorch (CPU, or CUDA without mamba-ssm);
-- ``_ssd_scan_triton``: mamba-ssm's Triton kernel (CUDA), imported only when used.
+- ``ssd_scan_triton``: mamba-ssm's Triton kernel (CUDA), imported only when used.
 
 ``ssd_scan`` picks one from the ``ADARAY_SSD`` environment variable and the tensor's device.
 """
@@ -238,7 +238,7 @@ def ssd_scan_chunked(
 
 
 @functools.cache
-def _triton_unavailable_reason() -> str | None:
+def triton_ssd_unavailable_reason() -> str | None:
     """Why the Triton SSD cannot run here (None when it can). Probed once, then cached."""
     if not torch.cuda.is_available():
         return "CUDA is not available"
@@ -254,10 +254,10 @@ def _triton_unavailable_reason() -> str | None:
 
 def triton_ssd_available() -> bool:
     """True when CUDA is available and mamba-ssm's Triton SSD kernel imports."""
-    return _triton_unavailable_reason() is None
+    return triton_ssd_unavailable_reason() is None
 
 
-def _ssd_scan_triton(
+def ssd_scan_triton(
     x: torch.Tensor,
     dt: torch.Tensor,
     A: torch.Tensor,
@@ -301,7 +301,7 @@ def active_ssd_backend(device: torch.device | str = "cpu") -> str:
                 f"{SSD_BACKEND_ENV}=triton needs tensors on a CUDA device, got {device}; "
                 f"unset {SSD_BACKEND_ENV} or set it to torch"
             )
-        reason = _triton_unavailable_reason()
+        reason = triton_ssd_unavailable_reason()
         if reason is not None:
             raise RuntimeError(f"{SSD_BACKEND_ENV}=triton but the Triton SSD cannot run: {reason}")
         return "triton"
@@ -319,5 +319,5 @@ def ssd_scan(
 ) -> torch.Tensor:
     """The SSD scan the network calls: Triton or chunked PyTorch, per ``active_ssd_backend``."""
     if active_ssd_backend(x.device) == "triton":
-        return _ssd_scan_triton(x, dt, A, B, C, D, chunk_size)
+        return ssd_scan_triton(x, dt, A, B, C, D, chunk_size)
     return ssd_scan_chunked(x, dt, A, B, C, D, chunk_size)

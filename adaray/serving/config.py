@@ -101,7 +101,8 @@ class ServeSpec:
     route_prefix: str
     host: str
     port: int
-    args: dict[str, Any]
+    args: dict[str, Any]  # the application's args, as given (build_application takes them)
+    config: ServeConfig  # the same args, validated
     deployments: dict[str, dict[str, Any]]  # deployment name -> Serve deployment options
 
 
@@ -125,9 +126,9 @@ def read_serve_config(path: str | Path) -> ServeSpec:
         deployments[name] = options
     args = app.get("args") or {}
     try:
-        from_dict(ServeConfig, dict(args))
+        config = from_dict(ServeConfig, dict(args))
     except ConfigError as exc:
         raise ConfigError(f"{path}: applications[0].args.{exc}") from None
     return ServeSpec(name=app.get("name", "adaray"), route_prefix=app.get("route_prefix", "/"),
                      host=http.get("host", "127.0.0.1"), port=int(http.get("port", 8000)),
-                     args=dict(args), deployments=deployments)
+                     args=dict(args), config=config, deployments=deployments)
