@@ -365,8 +365,9 @@ def test_sweep_asha_nested_runs_and_champion(ray_cluster: RayTestCluster,
           f"(steps {sorted(o.steps for o in early)}), champion adasffuse-ivf version "
           f"{champion.version} with val_score {champion.score:.4f} (trial {best.trial_id})")
 
-    # What promotion did is on the sweep's run (a sweep that does not beat the champion: the
-    # second demo of test_demo.py; the rule: test_champion_alias_moves_only_to_a_better_score).
+    # What promotion did is on the sweep's run. A version that does not beat the champion, and
+    # the reason given: test_champion_alias_moves_only_to_a_better_score; a second sweep's
+    # promotion, either way: the second demo of test_demo.py.
     assert result.promoted and parent.data.tags["promotion"] == result.promotion_note
     assert f"version {champion.version} ({champion.score:.4f})" in result.promotion_note
 
